@@ -1,0 +1,420 @@
+"""The Iceberg adapter: the catalog, the tables offloader owns, their files and commits.
+
+Everything PyIceberg lives here. A :class:`SinkTable` is one destination table: created on
+first use from config (format version 2, zstd level 3, PyIceberg's blind commit retry off),
+its progress marker read from the snapshot history, its schema evolved inside the same
+transaction as the first rows that need it, and its data files written first and committed
+together as ONE snapshot whose summary carries the marker (cursor, run id, commit id,
+source row count).
+
+Commit errors are translated once: :class:`CommitConflictError` when another writer got
+there first (nothing of ours landed), :class:`CommitUnknownError` when the outcome cannot be
+known from the reply (settle it with :meth:`SinkTable.find_commit`, never by retrying).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote as urlquote
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from offloader.config import CatalogConfig, TableConfig, partition_transform
+from offloader.errors import (
+    CatalogError,
+    CommitConflictError,
+    CommitUnknownError,
+    SchemaError,
+)
+
+MARKER_PREFIX = "offloader."
+CURSOR_KEY = "offloader.cursor"
+RUN_KEY = "offloader.run-id"
+COMMIT_KEY = "offloader.commit-id"
+ROWS_KEY = "offloader.source-rows"
+HI_KEY = "offloader.window-hi"
+TABLE_PROPERTIES = {
+    "format-version": "2",
+    "write.parquet.compression-codec": "zstd",
+    "write.parquet.compression-level": "3",
+    "commit.retry.num-retries": "0",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "100",
+}
+
+
+@dataclass(frozen=True)
+class Marker:
+    """The progress marker of the last offloader commit in a table's snapshot lineage."""
+
+    cursor: list[Any]
+    run_id: str
+    commit_id: str
+    snapshot_id: int
+    source_rows: int
+
+
+@dataclass
+class WrittenFiles:
+    """Data files written for one window, not yet committed."""
+
+    files: list[Any]
+    rows: int = 0
+    bytes: int = 0
+
+
+def _catalog_properties(config: CatalogConfig) -> dict[str, str]:
+    props = dict(config.properties)
+    if config.password is not None and "uri" in props:
+        parts = urlsplit(props["uri"])
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[-1]
+        netloc = f"{urlquote(user, safe='')}:{urlquote(config.password.reveal(), safe='')}@{host}"
+        props["uri"] = parts._replace(netloc=netloc).geturl()
+    if props.get("uri", "").startswith("postgresql://"):
+        props["uri"] = "postgresql+psycopg2://" + props["uri"][len("postgresql://") :]
+    props.setdefault("type", "sql")
+    if props.get("type") == "sql":
+        props.setdefault("init_catalog_tables", "true")
+    return props
+
+
+class Sink:
+    """The Iceberg catalog offloader writes into."""
+
+    def __init__(self, config: CatalogConfig) -> None:
+        from pyiceberg.catalog import load_catalog
+
+        self.config = config
+        try:
+            self.catalog = load_catalog(config.name, **_catalog_properties(config))
+        except Exception as exc:
+            raise CatalogError(f"cannot open the Iceberg catalog {config.name!r}: {_first_line(exc)}") from exc
+
+    def ping(self) -> None:
+        try:
+            self.catalog.list_namespaces()
+        except Exception as exc:
+            raise CatalogError(f"the Iceberg catalog does not answer: {_first_line(exc)}") from exc
+
+    def open(self, table: TableConfig, schema: Any, file_size: int | None = None) -> SinkTable:
+        """Load the destination table, creating it (and its namespace) on first use."""
+        from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+
+        identifier = table.target
+        try:
+            try:
+                return SinkTable(self.catalog.load_table(identifier), table)
+            except NoSuchTableError:
+                pass
+            try:
+                self.catalog.create_namespace(table.target_namespace)
+            except NamespaceAlreadyExistsError:
+                pass
+            properties = dict(TABLE_PROPERTIES)
+            if file_size:
+                properties["write.target-file-size-bytes"] = str(file_size)
+            try:
+                created = self.catalog.create_table(
+                    identifier, schema=schema, partition_spec=_partition_spec(table, schema), properties=properties
+                )
+            except TableAlreadyExistsError:
+                created = self.catalog.load_table(identifier)
+            return SinkTable(created, table)
+        except (SchemaError, CatalogError):
+            raise
+        except Exception as exc:
+            raise CatalogError(f"cannot open Iceberg table {identifier}: {_first_line(exc)}") from exc
+
+    def load(self, identifier: str) -> Any | None:
+        """The raw table if it exists (for status), else None."""
+        from pyiceberg.exceptions import NoSuchTableError
+
+        try:
+            return self.catalog.load_table(identifier)
+        except NoSuchTableError:
+            return None
+        except Exception as exc:
+            raise CatalogError(f"cannot load Iceberg table {identifier}: {_first_line(exc)}") from exc
+
+
+def _partition_spec(table: TableConfig, schema: Any) -> Any:
+    from pyiceberg.partitioning import PartitionField, PartitionSpec
+    from pyiceberg.transforms import (
+        BucketTransform,
+        DayTransform,
+        HourTransform,
+        IdentityTransform,
+        MonthTransform,
+        TruncateTransform,
+        VoidTransform,
+        YearTransform,
+    )
+
+    simple = {
+        "identity": IdentityTransform, "year": YearTransform, "month": MonthTransform,
+        "day": DayTransform, "hour": HourTransform, "void": VoidTransform,
+    }  # fmt: skip
+    fields = []
+    for index, expr in enumerate(table.partition_by):
+        fn, column, param = partition_transform(expr)
+        try:
+            source_id = schema.find_field(column).field_id
+        except ValueError:
+            raise SchemaError(f"tables.{table.name}.partition_by: column {column!r} is not in the source table") from None
+        if fn == "bucket":
+            transform: Any = BucketTransform(param)
+        elif fn == "truncate":
+            transform = TruncateTransform(param)
+        else:
+            transform = simple[fn]()
+        name = column if fn == "identity" else f"{column}_{fn}"
+        fields.append(PartitionField(source_id=source_id, field_id=1000 + index, transform=transform, name=name))
+    return PartitionSpec(*fields)
+
+
+class SinkTable:
+    """One destination table and the transaction of the window being written."""
+
+    def __init__(self, table: Any, config: TableConfig, *, writable: bool = True) -> None:
+        self.table = table
+        self.config = config
+        if writable:
+            self._ensure_properties()
+
+    def _ensure_properties(self) -> None:
+        """Tables written by offloader never let PyIceberg retry a commit blindly."""
+        props = self.table.metadata.properties
+        if props.get("commit.retry.num-retries") != "0":
+            try:
+                self.table = self.table.transaction().set_properties({"commit.retry.num-retries": "0"}).commit_transaction()
+            except Exception as exc:
+                raise CatalogError(f"cannot set commit.retry.num-retries=0 on {self.config.target}: {_first_line(exc)}") from exc
+
+    @property
+    def schema(self) -> Any:
+        return self.table.schema()
+
+    def refresh(self) -> None:
+        try:
+            self.table = self.table.refresh()
+        except Exception as exc:
+            raise CatalogError(f"cannot reload Iceberg table {self.config.target}: {_first_line(exc)}") from exc
+
+    # -- the marker ----------------------------------------------------------------------
+
+    def _lineage(self) -> Iterator[Any]:
+        from pyiceberg.table.snapshots import ancestors_of
+
+        yield from ancestors_of(self.table.current_snapshot(), self.table.metadata)
+
+    def marker(self) -> Marker | None:
+        """The marker of the newest offloader commit in the current lineage."""
+        for snapshot in self._lineage():
+            props = snapshot.summary.additional_properties if snapshot.summary else {}
+            if CURSOR_KEY in props:
+                return Marker(
+                    cursor=json.loads(props[CURSOR_KEY]),
+                    run_id=props.get(RUN_KEY, ""),
+                    commit_id=props.get(COMMIT_KEY, ""),
+                    snapshot_id=snapshot.snapshot_id,
+                    source_rows=int(props.get(ROWS_KEY, "0")),
+                )
+        return None
+
+    def find_commit(self, commit_id: str) -> int | None:
+        """The snapshot id that carries ``commit_id`` in the current lineage, if any."""
+        for snapshot in self._lineage():
+            props = snapshot.summary.additional_properties if snapshot.summary else {}
+            if props.get(COMMIT_KEY) == commit_id:
+                return int(snapshot.snapshot_id)
+        return None
+
+    def row_count(self) -> int:
+        snapshot = self.table.current_snapshot()
+        if snapshot is None or snapshot.summary is None:
+            return 0
+        return int(snapshot.summary.additional_properties.get("total-records", "0"))
+
+    # -- writing -------------------------------------------------------------------------
+
+    def begin(self, source_schema: Any) -> Window:
+        """Start the transaction of one window, evolving the schema inside it when needed."""
+        try:
+            tx = self.table.transaction()
+            changes = plan_evolution(self.table.schema(), source_schema, self.config.name)
+            if changes:
+                with tx.update_schema() as update:
+                    for change in changes:
+                        change(update)
+            return Window(self, tx, changes=len(changes))
+        except SchemaError:
+            raise
+        except Exception as exc:
+            raise CatalogError(f"cannot start a transaction on {self.config.target}: {_first_line(exc)}") from exc
+
+
+class Window:
+    """The open transaction of one window: files are written, then committed as one snapshot."""
+
+    def __init__(self, owner: SinkTable, tx: Any, changes: int) -> None:
+        from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+        self.owner = owner
+        self.tx = tx
+        self.schema_changes = changes
+        self.write_uuid = uuid.uuid4()
+        self.counter = itertools.count(0)
+        self.written = WrittenFiles(files=[])
+        self.arrow_schema = schema_to_pyarrow(tx.table_metadata.schema(), include_field_ids=False)
+
+    @property
+    def io(self) -> Any:
+        return self.owner.table.io
+
+    def write(self, table: pa.Table, *, source_rows: bool = True) -> None:
+        """Write a chunk of rows as data files (partitioned and sized by the table's spec).
+
+        ``source_rows=False`` marks rows carried over from a replaced file: they are
+        committed but not counted against the source window.
+        """
+        from pyiceberg.io.pyarrow import _dataframe_to_data_files
+
+        if table.num_rows == 0:
+            return
+        try:
+            for data_file in _dataframe_to_data_files(
+                self.tx.table_metadata, table, self.io, write_uuid=self.write_uuid, counter=self.counter
+            ):
+                self.written.files.append(data_file)
+                self.written.bytes += data_file.file_size_in_bytes
+                if source_rows:
+                    self.written.rows += data_file.record_count
+        except Exception as exc:
+            raise CatalogError(f"writing data files for {self.owner.config.target} failed: {_first_line(exc)}") from exc
+
+    def replaced_files(self, column: str, lo_micros: int, hi_micros: int) -> list[tuple[Any, pa.Table]]:
+        """Files holding rows with ``lo <= column <= hi``, and the rows of each that stay."""
+        from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, LessThanOrEqual
+
+        from pyiceberg.io.pyarrow import ArrowScan
+
+        table = self.owner.table
+        if table.current_snapshot() is None:
+            return []
+        row_filter = And(GreaterThanOrEqual(column, lo_micros), LessThanOrEqual(column, hi_micros))
+        metadata = self.tx.table_metadata
+        result = []
+        try:
+            for task in table.scan(row_filter=row_filter).plan_files():
+                rows = ArrowScan(metadata, table.io, metadata.schema(), AlwaysTrue()).to_table([task])
+                values = pc.cast(rows[column], pa.int64()) if rows.num_rows else rows[column]
+                inside = pc.and_(pc.greater_equal(values, lo_micros), pc.less_equal(values, hi_micros))
+                keep = rows.filter(pc.invert(pc.fill_null(inside, False)))
+                result.append((task.file, keep))
+        except Exception as exc:
+            raise CatalogError(f"reading files to replace in {self.owner.config.target} failed: {_first_line(exc)}") from exc
+        return result
+
+    def commit(self, marker: Mapping[str, str], replace: Iterable[tuple[Any, pa.Table]] = ()) -> int:
+        """Commit the written files (and replaced files) as one snapshot carrying ``marker``."""
+        from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException
+
+        props = {k: str(v) for k, v in marker.items()}
+        replace = list(replace)
+        try:
+            for _, keep in replace:
+                self.write(keep, source_rows=False)
+            with self._producer(props, bool(replace)) as producer:
+                for old, _ in replace:
+                    producer.delete_data_file(old)
+                for data_file in self.written.files:
+                    producer.append_data_file(data_file)
+        except CatalogError:
+            raise
+        except Exception as exc:
+            raise CatalogError(f"preparing the commit of {self.owner.config.target} failed: {_first_line(exc)}") from exc
+        try:
+            self.owner.table = self.tx.commit_transaction()
+        except CommitFailedException as exc:
+            raise CommitConflictError(f"{self.owner.config.target}: another writer committed first ({exc})") from exc
+        except (CommitStateUnknownException, Exception) as exc:
+            raise CommitUnknownError(f"{self.owner.config.target}: commit outcome unknown: {_first_line(exc)}") from exc
+        snapshot = self.owner.table.current_snapshot()
+        return int(snapshot.snapshot_id)
+
+    def _producer(self, props: dict[str, str], overwrite: bool) -> Any:
+        update = self.tx.update_snapshot(snapshot_properties=props)
+        return update.overwrite() if overwrite else update.fast_append()
+
+    def discard(self) -> None:
+        """Delete the files of a window that will not be committed (best effort)."""
+        for data_file in self.written.files:
+            try:
+                self.io.delete(data_file.file_path)
+            except Exception:  # noqa: S110 - an orphan file is harmless; maintenance removes it
+                pass
+        self.written = WrittenFiles(files=[])
+
+
+# ---------------------------------------------------------------------------------------
+# Schema evolution
+
+_PROMOTIONS = {("int", "long"), ("float", "double")}
+
+
+def _type_key(t: Any) -> str:
+    return str(t).split("(")[0]
+
+
+def plan_evolution(current: Any, source: Any, table_name: str) -> list[Any]:
+    """The schema updates that make ``current`` accept rows of ``source``; SchemaError if none can.
+
+    Columns new in the source are added (optional); int→long, float→double and decimal
+    precision widening are promoted; a source type narrower than the table's is written
+    widened. A type changed otherwise, or a required column gone from the source, stops
+    the table: no silent change.
+    """
+    from pyiceberg.types import DecimalType
+
+    changes: list[Any] = []
+    problems: list[str] = []
+    source_fields = {f.name: f for f in source.fields}
+    current_fields = {f.name: f for f in current.fields}
+    for name, field in current_fields.items():
+        if name not in source_fields and field.required:
+            problems.append(f"required column {name!r} ({field.field_type}) was dropped from the source")
+    for name, field in source_fields.items():
+        have = current_fields.get(name)
+        if have is None:
+            changes.append(lambda u, f=field: u.add_column(f.name, f.field_type, doc=f.doc))
+            continue
+        old, new = have.field_type, field.field_type
+        if old == new:
+            continue
+        if (_type_key(old), _type_key(new)) in _PROMOTIONS:
+            changes.append(lambda u, n=name, t=new: u.update_column(n, field_type=t))
+        elif (_type_key(new), _type_key(old)) in _PROMOTIONS:
+            continue  # the source narrowed within what the table holds: written widened
+        elif isinstance(old, DecimalType) and isinstance(new, DecimalType) and old.scale == new.scale:
+            if new.precision > old.precision:
+                changes.append(lambda u, n=name, t=new: u.update_column(n, field_type=t))
+        else:
+            problems.append(f"column {name!r} changed type from {old} to {new}, which Iceberg cannot evolve")
+        if field.required is False and have.required:
+            changes.append(lambda u, n=name: u.update_column(n, required=False))
+    if problems:
+        raise SchemaError(f"table {table_name}: " + "; ".join(problems) + "; the cursor was not moved")
+    return changes
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]
