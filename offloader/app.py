@@ -54,6 +54,7 @@ class App:
         self.state.migrate()
         self.sink = Sink(config.catalog)
         self._engine = engine
+        self._owns_engine = engine is None
         self._engine_lock = threading.Lock()
 
     @property
@@ -64,9 +65,9 @@ class App:
             return self._engine
 
     def close(self) -> None:
-        if self._engine is not None:
+        if self._engine is not None and self._owns_engine:
             self._engine.close()
-            self._engine = None
+        self._engine = None
         self.state.close()
 
     # -- running ---------------------------------------------------------------------------

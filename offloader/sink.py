@@ -115,17 +115,23 @@ class Sink:
             except NoSuchTableError:
                 pass
             try:
-                self.catalog.create_namespace(table.target_namespace)
+                self.catalog.create_namespace_if_not_exists(table.target_namespace)
             except NamespaceAlreadyExistsError:
                 pass
+            except Exception:  # another runner created it at the same instant
+                if not self.catalog.namespace_exists(table.target_namespace):
+                    raise
             properties = dict(TABLE_PROPERTIES)
             if file_size:
                 properties["write.target-file-size-bytes"] = str(file_size)
+            spec = _partition_spec(table, schema)
             try:
-                created = self.catalog.create_table(
-                    identifier, schema=schema, partition_spec=_partition_spec(table, schema), properties=properties
-                )
+                created = self.catalog.create_table(identifier, schema=schema, partition_spec=spec, properties=properties)
             except TableAlreadyExistsError:
+                created = self.catalog.load_table(identifier)
+            except Exception:  # a concurrent create can surface as the catalog's unique violation
+                if not self.catalog.table_exists(identifier):
+                    raise
                 created = self.catalog.load_table(identifier)
             return SinkTable(created, table)
         except (SchemaError, CatalogError):

@@ -84,9 +84,12 @@ class ChdbEngine:
         self._query(sql, "CSV", params)
 
     def stream(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream on a handle of its own: chDB runs one streaming query per handle at a time."""
+        import chdb
+
         try:
-            with self._lock:
-                result = self._conn.send_query(sql, "ArrowStream", params=_param_strings(params))
+            conn = chdb.connect(self.path)
+            result = conn.send_query(sql, "ArrowStream", params=_param_strings(params))
         except Exception as exc:
             raise SourceError(f"ClickHouse query failed: {_first_line(exc)}") from exc
         try:
@@ -94,17 +97,14 @@ class ChdbEngine:
                 data = chunk.bytes()
                 if data:
                     yield from pa.ipc.open_stream(pa.py_buffer(data))
-        except SourceError:
-            raise
         except Exception as exc:
             raise SourceError(f"ClickHouse stream failed: {_first_line(exc)}") from exc
         finally:
-            cancel = getattr(result, "cancel", None)
-            if cancel is not None:
-                try:
-                    cancel()
-                except Exception:  # noqa: S110 - the stream is already finished or broken
-                    pass
+            try:
+                result.cancel()
+            except Exception:  # noqa: S110 - the stream is already finished or broken
+                pass
+            conn.close()
 
     def close(self) -> None:
         try:

@@ -119,10 +119,10 @@ class StateStore:
             if not self.config.is_sqlite:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key("__schema__")})
             for file in schema_files():
-                for statement in file.read_text().split(";"):
-                    lines = [ln for ln in statement.splitlines() if not ln.strip().startswith("--")]
-                    if "".join(lines).strip():
-                        conn.execute(text("\n".join(lines)))
+                body = "\n".join(ln for ln in file.read_text().splitlines() if not ln.strip().startswith("--"))
+                for statement in body.split(";"):
+                    if statement.strip():
+                        conn.execute(text(statement))
 
     def ping(self) -> None:
         from sqlalchemy import text

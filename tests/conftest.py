@@ -1,0 +1,246 @@
+"""Test fixtures: a workspace per test with a real chDB source, real PostgreSQL, real Iceberg.
+
+Every test that needs PostgreSQL gets a fresh database on the server named by
+``OFFLOADER_TEST_PG_DSN`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``), used
+for both the Iceberg SQL catalog and offloader's state. With ``OFFLOADER_REQUIRE_PG=1``
+(set by tests/run.sh, so in CI) an unreachable server fails the tests instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from offloader.config import Config, load_config
+from offloader.source import ChdbEngine
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_DSN = os.environ.get("OFFLOADER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+TRADES_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.{table} (
+    exchange_timestamp DateTime64(3, 'UTC'),
+    ingestion_timestamp DateTime64(6, 'UTC'),
+    sequence_number UInt64,
+    symbol LowCardinality(String),
+    side Enum8('buy' = 1, 'sell' = 2),
+    price Decimal(18, 8),
+    quantity Decimal(18, 8)
+) ENGINE = MergeTree ORDER BY (ingestion_timestamp, sequence_number)
+"""
+
+
+def _pg_admin() -> Any:
+    import psycopg2
+
+    conn = psycopg2.connect(PG_DSN.replace("postgresql+psycopg2://", "postgresql://"), connect_timeout=5)
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> bool:
+    try:
+        _pg_admin().close()
+        return True
+    except Exception as exc:
+        if os.environ.get("OFFLOADER_REQUIRE_PG"):
+            pytest.fail(f"PostgreSQL is required but not reachable at {PG_DSN}: {exc}")
+        return False
+
+
+@pytest.fixture
+def pg_database(pg_available: bool) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test; its DSN."""
+    if not pg_available:
+        pytest.skip(f"PostgreSQL not reachable at {PG_DSN}")
+    name = f"offloader_t_{uuid.uuid4().hex[:12]}"
+    admin = _pg_admin()
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    base = PG_DSN.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@dataclass
+class Workspace:
+    """One test's world: a chDB data dir, a warehouse, a PostgreSQL database, a config file."""
+
+    root: Path
+    pg_dsn: str
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=lambda: {"safety_lag": "0s", "max_window": "1h"})
+    offload: dict[str, Any] = field(default_factory=dict)
+    _engine: ChdbEngine | None = None
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.root / "clickhouse"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.root / "warehouse"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "offloader.toml"
+
+    @property
+    def engine(self) -> ChdbEngine:
+        """The test's own handle on the source; released before a subprocess opens it."""
+        if self._engine is None:
+            self._engine = ChdbEngine(str(self.chdb_path))
+        return self._engine
+
+    def release(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def write_config(self) -> Path:
+        lines = [
+            "[source]",
+            f'dsn = "chdb://{self.chdb_path}"',
+            *(f"{k} = {_toml(v)}" for k, v in self.source.items()),
+            "[catalog]",
+            'name = "cold"',
+            'type = "sql"',
+            f'uri = "{self.pg_dsn}"',
+            f'warehouse = "file://{self.warehouse}"',
+            "[state]",
+            f'dsn = "{self.pg_dsn}"',
+            "[offload]",
+            *(f"{k} = {_toml(v)}" for k, v in self.offload.items()),
+            "[logging]",
+            'format = "json"',
+        ]
+        for table in self.tables:
+            lines.append("[[tables]]")
+            lines += [f"{k} = {_toml(v)}" for k, v in table.items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+        return self.config_path
+
+    def config(self) -> Config:
+        return load_config(self.write_config(), env={})
+
+    def app(self) -> Any:
+        from offloader.app import App
+
+        return App(self.config(), engine=self.engine)
+
+    def run_once(self, *args: str, kill_at: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """`offloader once` in a real subprocess (the test's chDB handle is released first)."""
+        self.release()
+        self.write_config()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
+        if kill_at:
+            env["OFFLOADER_KILL_AT"] = kill_at
+        return subprocess.run(
+            [sys.executable, "-m", "offloader", "--config", str(self.config_path), "once", *args],
+            capture_output=True, text=True, timeout=timeout, env=env, cwd=self.root,
+        )  # fmt: skip
+
+    # -- source data -----------------------------------------------------------------------
+
+    def create_trades(self, table: str = "trades", db: str = "k2") -> None:
+        self.engine.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+        self.engine.command(TRADES_DDL.format(db=db, table=table))
+
+    def insert_trades(
+        self, n: int, start: str = "2026-01-01 00:00:00", step_us: int = 1000, first_seq: int = 0,
+        table: str = "k2.trades", same_ts: bool = False,
+    ) -> None:  # fmt: skip
+        """n trades from ``start`` (UTC), ``step_us`` apart (or all at one instant)."""
+        offset = "0" if same_ts else f"number * {int(step_us)}"
+        self.engine.command(
+            f"INSERT INTO {table} SELECT "
+            f"toDateTime64({{start:String}}, 3, 'UTC') + toIntervalMicrosecond({offset}), "
+            f"toDateTime64({{start:String}}, 6, 'UTC') + toIntervalMicrosecond({offset}), "
+            "{first:UInt64} + number, ['BTC-USDT', 'ETH-USDT', 'SOL-USDT'][number % 3 + 1], "
+            "if(number % 2 = 0, 'buy', 'sell'), toDecimal64(30000 + (number % 1000) / 7, 8), "
+            "toDecimal64((number % 97 + 1) / 1000, 8) FROM numbers({n:UInt64})",
+            {"start": start, "first": first_seq, "n": n},
+        )
+
+    def source_rows(self, sql: str) -> list[tuple[Any, ...]]:
+        return self.engine.rows(sql)
+
+    # -- reading the cold tier back --------------------------------------------------------
+
+    def iceberg_table(self, target: str) -> Any:
+        from pyiceberg.catalog.sql import SqlCatalog
+
+        catalog = SqlCatalog(
+            "cold", uri=self.pg_dsn.replace("postgresql://", "postgresql+psycopg2://"), warehouse=f"file://{self.warehouse}"
+        )
+        try:
+            return catalog.load_table(target)
+        finally:
+            catalog.engine.dispose()
+
+    def iceberg_arrow(self, target: str) -> pa.Table:
+        return self.iceberg_table(target).scan().to_arrow()
+
+    def iceberg_local(self, target: str, columns: str = "*", order: str = "") -> list[tuple[Any, ...]]:
+        """Read the table with ClickHouse's own Iceberg reader (icebergLocal)."""
+        location = self.iceberg_table(target).metadata.location.removeprefix("file://")
+        order_by = f" ORDER BY {order}" if order else ""
+        # chDB only lets file table functions read under its user_files_path, which is the
+        # current directory: read from inside the workspace.
+        here = os.getcwd()
+        os.chdir(self.root)
+        try:
+            return self.engine.rows(f"SELECT {columns} FROM icebergLocal('{location}'){order_by}")
+        finally:
+            os.chdir(here)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+def trades_table(name: str = "trades", **overrides: Any) -> dict[str, Any]:
+    table = {
+        "name": name,
+        "source": f"k2.{name}",
+        "target": f"cold.{name}",
+        "layer": "bronze",
+        "cursor": ["ingestion_timestamp", "sequence_number"],
+        "partition_by": ["day(exchange_timestamp)"],
+    }
+    table.update(overrides)
+    return table
+
+
+@pytest.fixture
+def ws(tmp_path: Path, pg_database: str) -> Iterator[Workspace]:
+    workspace = Workspace(root=tmp_path, pg_dsn=pg_database)
+    try:
+        yield workspace
+    finally:
+        workspace.release()
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).strip() + "\n"

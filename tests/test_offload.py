@@ -1,0 +1,368 @@
+"""Exactly-once offload against real components: chDB source, PostgreSQL catalog and state,
+Iceberg files read back by PyIceberg and by ClickHouse's own icebergLocal reader."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+from conftest import Workspace, trades_table
+
+KEY = "toString(ingestion_timestamp), sequence_number"
+
+
+def source_keys(ws: Workspace, table: str = "k2.trades") -> list[tuple[Any, ...]]:
+    return sorted(ws.engine.rows(f"SELECT {KEY} FROM {table}"))
+
+
+def cold_keys(ws: Workspace, target: str = "cold.trades") -> list[tuple[Any, ...]]:
+    """The cold tier's keys, read by ClickHouse's own Iceberg reader."""
+    return sorted(ws.iceberg_local(target, KEY))
+
+
+def assert_exact(ws: Workspace, table: str = "k2.trades", target: str = "cold.trades") -> None:
+    """The cold tier equals the source row for row: none missing, none twice."""
+    src, cold = source_keys(ws, table), cold_keys(ws, target)
+    dupes = [k for k, n in Counter(cold).items() if n > 1]
+    assert not dupes, f"{len(dupes)} rows twice in Iceberg, e.g. {dupes[:3]}"
+    missing = sorted(set(src) - set(cold))
+    assert not missing, f"{len(missing)} rows missing from Iceberg, e.g. {missing[:3]}"
+    assert len(cold) == len(src)
+    assert ws.iceberg_arrow(target).num_rows == len(src)
+
+
+def full_rows(ws: Workspace, target: str = "cold.trades") -> list[tuple[Any, ...]]:
+    cols = "toString(exchange_timestamp), toString(ingestion_timestamp), sequence_number, symbol, toString(side), toString(price), toString(quantity)"
+    return sorted(ws.iceberg_local(target, cols))
+
+
+def test_initial_incremental_and_rerun(ws: Workspace) -> None:
+    """An initial load, an incremental load and a re-run leave Iceberg equal to the source, the re-run adding nothing."""
+    ws.tables = [trades_table()]
+    ws.create_trades()
+    ws.insert_trades(5000, start="2026-01-01 00:00:00")
+    app = ws.app()
+    (first,) = app.run_cycle()
+    assert first.outcome == "committed" and first.rows == 5000
+    assert_exact(ws)
+    src_full = sorted(
+        ws.engine.rows(
+            "SELECT toString(exchange_timestamp), toString(ingestion_timestamp), sequence_number, symbol, "
+            "toString(side), toString(price), toString(quantity) FROM k2.trades"
+        )
+    )
+    cold = full_rows(ws)
+    assert [r[2:] for r in cold] == [r[2:] for r in src_full]
+
+    ws.insert_trades(3000, start="2026-01-01 01:00:00", first_seq=5000)
+    (second,) = app.run_cycle()
+    assert second.outcome == "committed" and second.rows == 3000
+    assert_exact(ws)
+
+    snapshots = len(ws.iceberg_table("cold.trades").snapshots())
+    (third,) = app.run_cycle()
+    assert third.outcome == "nothing_new" and third.rows == 0
+    assert len(ws.iceberg_table("cold.trades").snapshots()) == snapshots
+    assert_exact(ws)
+    app.close()
+
+
+def test_snapshot_summary_carries_the_marker(ws: Workspace) -> None:
+    """Each commit's snapshot summary carries the cursor reached, the run id and the source row count."""
+    ws.tables = [trades_table()]
+    ws.create_trades()
+    ws.insert_trades(100, start="2026-01-01 00:00:00", step_us=1_000_000)
+    app = ws.app()
+    (result,) = app.run_cycle()
+    summary = ws.iceberg_table("cold.trades").current_snapshot().summary.additional_properties
+    assert summary["offloader.run-id"] == result.run_id
+    assert summary["offloader.source-rows"] == "100"
+    assert summary["offloader.cursor"] == '["2026-01-01 00:01:39.000000", 99]'
+    mirror = app.state.mirror("trades")
+    assert mirror is not None and mirror.cursor == ["2026-01-01 00:01:39.000000", 99]
+    app.close()
+
+
+def test_backlog_split_into_windows(ws: Workspace) -> None:
+    """A backlog longer than max_window is committed as several windows, one snapshot each."""
+    ws.tables = [trades_table()]
+    ws.source["max_window"] = "10m"
+    ws.create_trades()
+    ws.insert_trades(6000, start="2026-01-01 00:00:00", step_us=1_000_000)  # 100 minutes
+    app = ws.app()
+    (result,) = app.run_cycle()
+    assert result.outcome == "committed" and result.windows >= 10
+    table = ws.iceberg_table("cold.trades")
+    assert len(table.snapshots()) == result.windows
+    assert_exact(ws)
+    app.close()
+
+
+@pytest.mark.parametrize("point", ["after_read", "after_write", "after_commit", "after_state"])
+def test_sigkill_at_each_point_then_rerun_is_exact(ws: Workspace, point: str) -> None:
+    """A process SIGKILLed at each named point of a cycle, then re-run, leaves Iceberg equal to the source."""
+    ws.tables = [trades_table()]
+    ws.source["max_window"] = "20m"
+    ws.create_trades()
+    ws.insert_trades(3600, start="2026-01-01 00:00:00", step_us=1_000_000)  # 3 windows
+    killed = ws.run_once(kill_at=f"{point}:2")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    ws.insert_trades(500, start="2026-01-01 02:00:00", first_seq=3600)
+    rerun = ws.run_once()
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert_exact(ws)
+    again = ws.run_once()
+    assert again.returncode == 0 and "nothing new" in again.stdout
+    assert_exact(ws)
+
+
+def test_two_runners_together_take_each_row_once(ws: Workspace) -> None:
+    """Two runners started together on the same tables leave each row in Iceberg exactly once."""
+    ws.tables = [trades_table(), trades_table("trades2")]
+    ws.source["max_window"] = "5m"
+    ws.create_trades()
+    ws.create_trades("trades2")
+    ws.insert_trades(3000, start="2026-01-01 00:00:00", step_us=100_000)
+    ws.insert_trades(3000, start="2026-01-01 00:00:00", step_us=100_000, table="k2.trades2")
+    apps = [ws.app(), ws.app()]
+    barrier = threading.Barrier(2)
+    outcomes: list[list[str]] = [[], []]
+
+    def runner(i: int) -> None:
+        barrier.wait()
+        outcomes[i] = [r.outcome for r in apps[i].run_cycle()]
+
+    threads = [threading.Thread(target=runner, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(o in {"committed", "nothing_new", "skipped"} for run in outcomes for o in run), outcomes
+    for app in apps:
+        app.run_cycle()
+    assert_exact(ws)
+    assert_exact(ws, "k2.trades2", "cold.trades2")
+    for app in apps:
+        app.close()
+
+
+def test_writers_without_a_shared_lock_resolve_conflicts_exactly_once(ws: Workspace, tmp_path: Any) -> None:
+    """Two writers whose locks do not see each other conflict at commit, and still take each row once."""
+    from offloader.app import App
+    from offloader.config import StateConfig
+
+    ws.tables = [trades_table()]
+    ws.source["max_window"] = "2m"
+    ws.create_trades()
+    ws.insert_trades(4000, start="2026-01-01 00:00:00", step_us=50_000)
+    config = ws.config()
+    other = App(
+        config.__class__(**{**config.__dict__, "state": StateConfig(dsn=f"sqlite:///{tmp_path}/other-state.db")}),
+        engine=ws.engine,
+    )
+    apps = [ws.app(), other]
+    barrier = threading.Barrier(2)
+    results: list[Any] = [None, None]
+
+    def runner(i: int) -> None:
+        barrier.wait()
+        results[i] = apps[i].run_cycle()
+
+    threads = [threading.Thread(target=runner, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for app in apps:
+        app.run_cycle()
+    assert_exact(ws)
+    for app in apps:
+        app.close()
+
+
+def test_mirror_deleted_or_set_back_is_repaired(ws: Workspace) -> None:
+    """A deleted or set-back state mirror is repaired from the Iceberg marker, with no row taken twice."""
+    ws.tables = [trades_table()]
+    ws.create_trades()
+    ws.insert_trades(2000, start="2026-01-01 00:00:00")
+    app = ws.app()
+    app.run_cycle()
+    truth = app.state.mirror("trades")
+    assert truth is not None
+
+    app.state.delete_mirror("trades")
+    (result,) = app.run_cycle()
+    assert result.outcome == "nothing_new"
+    assert app.state.mirror("trades").cursor == truth.cursor
+
+    app.state.set_mirror("trades", "cold.trades", ["2025-12-31 00:00:00.000000", 0], None, "hand-edit")
+    ws.insert_trades(1000, start="2026-01-01 03:00:00", first_seq=2000)
+    (result,) = app.run_cycle()
+    assert result.outcome == "committed" and result.rows == 1000
+    assert_exact(ws)
+    app.close()
+
+
+def test_mirror_ahead_of_iceberg_stops_the_table(ws: Workspace) -> None:
+    """A mirror ahead of Iceberg stops the table with a clear error and a non-zero exit; nothing is lost or added."""
+    ws.tables = [trades_table()]
+    ws.create_trades()
+    ws.insert_trades(1000, start="2026-01-01 00:00:00")
+    app = ws.app()
+    app.run_cycle()
+    app.state.set_mirror("trades", "cold.trades", ["2030-01-01 00:00:00.000000", 0], None, "hand-edit")
+    ws.insert_trades(500, start="2026-01-02 00:00:00", first_seq=1000)
+    app.close()
+    result = ws.run_once()
+    assert result.returncode == 1
+    assert "trades: FAILED" in result.stderr and "mirror" in result.stderr and "ahead" not in result.stdout
+    assert "2030-01-01" in result.stderr
+    assert len(cold_keys(ws)) == 1000
+
+
+def test_ten_thousand_rows_on_one_timestamp_across_window_boundaries(ws: Workspace) -> None:
+    """10,000 rows sharing one timestamp, amid tiny windows, are taken exactly once and never split."""
+    ws.tables = [trades_table()]
+    ws.source["max_window"] = "1ms"
+    ws.create_trades()
+    ws.insert_trades(50, start="2026-01-01 00:00:00.000000", step_us=300)
+    ws.insert_trades(10_000, start="2026-01-01 00:00:00.007000", same_ts=True, first_seq=50)
+    ws.insert_trades(50, start="2026-01-01 00:00:00.007100", step_us=300, first_seq=10_050)
+    app = ws.app()
+    (result,) = app.run_cycle()
+    assert result.outcome == "committed"
+    assert_exact(ws)
+    burst = [w for w in result.window_results if w.rows >= 10_000]
+    assert len(burst) == 1, "the 10,000 rows of one timestamp landed in exactly one window"
+    app.close()
+
+
+def test_late_rows_within_the_safety_lag_are_taken_later(ws: Workspace) -> None:
+    """Rows newer than now() minus the safety lag wait; rows arriving late within the lag are taken exactly once."""
+    ws.tables = [trades_table()]
+    ws.source["safety_lag"] = "1h"
+    ws.create_trades()
+    now = ws.engine.rows("SELECT toString(now64(6, 'UTC'))")[0][0]
+    ws.engine.command(
+        "INSERT INTO k2.trades SELECT now64(3, 'UTC') - toIntervalMinute(m), now64(6, 'UTC') - toIntervalMinute(m), "
+        "number, 'BTC-USDT', 'buy', 1, 1 FROM (SELECT number, [180, 120, 30, 10][number + 1] AS m FROM numbers(4))"
+    )
+    app = ws.app()
+    (result,) = app.run_cycle()
+    assert result.rows == 2, "only the rows older than the safety lag were taken"
+    # a row arrives late: its timestamp is 40 minutes old, inside the lag
+    ws.engine.command(
+        "INSERT INTO k2.trades SELECT now64(3, 'UTC') - toIntervalMinute(40), now64(6, 'UTC') - toIntervalMinute(40), "
+        "100, 'BTC-USDT', 'sell', 2, 2"
+    )
+    app.close()
+    ws.source["safety_lag"] = "0s"
+    app = ws.app()
+    (result,) = app.run_cycle()
+    assert result.rows == 3 and now
+    assert_exact(ws)
+    app.close()
+
+
+def test_window_count_mismatch_commits_nothing(ws: Workspace) -> None:
+    """When the rows read differ from count() of the window, the window fails, says so, and commits nothing."""
+    ws.tables = [trades_table("flaky", source="k2.flaky", target="cold.flaky")]
+    ws.create_trades()
+    ws.insert_trades(20_000, start="2026-01-01 00:00:00")
+    # a view whose rows differ at every read: ClickHouse evaluates rand() per query
+    ws.engine.command("CREATE VIEW k2.flaky AS SELECT * FROM k2.trades WHERE rand() % 2 = 0")
+    result = ws.run_once()
+    assert result.returncode == 1
+    assert "count() in ClickHouse" in result.stderr and "nothing was committed" in result.stderr
+    table = ws.iceberg_table("cold.flaky")
+    assert table.current_snapshot() is None
+
+
+def test_uint64_overflow_fails_cleanly_with_nothing_committed(ws: Workspace) -> None:
+    """A UInt64 above the signed maximum fails the window naming column and value, with nothing committed."""
+    ws.tables = [trades_table("big", source="k2.big", target="cold.big")]
+    ws.engine.command("CREATE DATABASE IF NOT EXISTS k2")
+    ws.engine.command(
+        "CREATE TABLE k2.big (ingestion_timestamp DateTime64(6, 'UTC'), sequence_number UInt64, exchange_timestamp DateTime64(3, 'UTC'), "
+        "volume UInt64) ENGINE = MergeTree ORDER BY ingestion_timestamp"
+    )
+    ws.engine.command(
+        "INSERT INTO k2.big VALUES ('2026-01-01 00:00:00', 1, '2026-01-01 00:00:00', 5), "
+        "('2026-01-01 00:00:01', 2, '2026-01-01 00:00:01', 9223372036854775808)"
+    )
+    result = ws.run_once()
+    assert result.returncode == 1
+    assert "volume" in result.stderr and "9223372036854775808" in result.stderr
+    table = ws.iceberg_table("cold.big")
+    assert table.current_snapshot() is None
+    ws.tables[0]["uint64"] = "decimal"
+    result = ws.run_once()
+    assert result.returncode == 0, result.stderr
+    values = sorted(r[0] for r in ws.iceberg_local("cold.big", "toString(volume)"))
+    assert values == ["5", "9223372036854775808"]
+
+
+def test_column_added_in_source_evolves_schema_in_the_same_commit(ws: Workspace) -> None:
+    """A column added in ClickHouse joins the Iceberg schema in the same snapshot as the first rows carrying it."""
+    ws.tables = [trades_table()]
+    ws.create_trades()
+    ws.insert_trades(100, start="2026-01-01 00:00:00")
+    app = ws.app()
+    app.run_cycle()
+    ws.engine.command("ALTER TABLE k2.trades ADD COLUMN venue_fee Nullable(Decimal(18, 8))")
+    ws.engine.command(
+        "INSERT INTO k2.trades SELECT '2026-01-01 01:00:00', '2026-01-01 01:00:00', 1000 + number, 'BTC-USDT', 'buy', 1, 1, "
+        "toDecimal64(number / 100, 8) FROM numbers(10)"
+    )
+    (result,) = app.run_cycle()
+    assert result.outcome == "committed" and result.windows == 1
+    table = ws.iceberg_table("cold.trades")
+    assert "venue_fee" in [f.name for f in table.schema().fields]
+    snapshots = table.snapshots()
+    assert len(snapshots) == 2, "the schema change did not make a snapshot of its own"
+    assert snapshots[-1].schema_id == table.schema().schema_id
+    fees = sorted(ws.iceberg_local("cold.trades", "toString(venue_fee)", order=""), key=str)
+    assert fees.count(("\\N",)) + fees.count((None,)) == 100
+    assert_exact(ws)
+    app.close()
+
+
+def test_replace_mode_rewrites_open_rows_exactly(ws: Workspace) -> None:
+    """mode = "replace" rewrites exactly the trailing rows that still change, and a re-run changes nothing."""
+    ws.tables = [
+        {
+            "name": "bars", "source": "k2.bars", "target": "cold.bars", "layer": "gold", "cursor": ["window_start"],
+            "partition_by": ["month(window_start)"], "mode": "replace", "replace_lookback": "2m",
+        }
+    ]  # fmt: skip
+    ws.create_trades()
+    ws.engine.command(
+        "CREATE VIEW k2.bars AS SELECT toStartOfMinute(exchange_timestamp) AS window_start, symbol, "
+        "count() AS trades, sum(quantity) AS volume FROM k2.trades GROUP BY window_start, symbol"
+    )
+    ws.engine.command(
+        "INSERT INTO k2.trades SELECT now64(3, 'UTC') - toIntervalSecond(number * 7), now64(6, 'UTC') - toIntervalSecond(number * 7), "
+        "number, ['BTC-USDT', 'ETH-USDT'][number % 2 + 1], 'buy', 1, toDecimal64(number, 8) FROM numbers(100)"
+    )
+
+    def bars_source() -> list[tuple[Any, ...]]:
+        return sorted(ws.engine.rows("SELECT toString(window_start), symbol, trades, toString(volume) FROM k2.bars"))
+
+    def bars_cold() -> list[tuple[Any, ...]]:
+        return sorted(ws.iceberg_local("cold.bars", "toString(window_start), symbol, trades, toString(volume)"))
+
+    app = ws.app()
+    app.run_cycle()
+    assert bars_cold() == bars_source()
+    # the newest bar changes: more trades land in the open interval
+    ws.engine.command(
+        "INSERT INTO k2.trades SELECT now64(3, 'UTC'), now64(6, 'UTC'), 1000 + number, 'BTC-USDT', 'sell', 1, 3 FROM numbers(5)"
+    )
+    app.run_cycle()
+    assert bars_cold() == bars_source()
+    before = bars_cold()
+    app.run_cycle()
+    assert bars_cold() == before == bars_source()
+    app.close()
