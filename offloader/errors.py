@@ -17,7 +17,8 @@ Every adapter catches its library's errors once and re-raises one of these ``fro
     ├── StateError                   offloader's own state store failed (retryable)
     │   └── MirrorAheadError         the state mirror is ahead of Iceberg: stop the table
     ├── LockBusyError                another runner holds this table
-    └── ShutdownRequested            the service is stopping; work abandoned before its commit
+    ├── ShutdownRequested            the service is stopping; work abandoned before its commit
+    └── InternalError                a bug: an unexpected exception, caught so one table cannot stop others
 """
 
 from __future__ import annotations
@@ -103,3 +104,7 @@ class LockBusyError(OffloaderError):
 
 class ShutdownRequested(OffloaderError):
     """The service is stopping; the table's work was abandoned before its commit."""
+
+
+class InternalError(OffloaderError):
+    """An unexpected exception inside offloader (a bug), reported per table."""

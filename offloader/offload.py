@@ -37,6 +37,7 @@ from offloader.errors import (
     CatalogError,
     CommitConflictError,
     CommitUnknownError,
+    InternalError,
     LockBusyError,
     MirrorAheadError,
     OffloaderError,
@@ -45,7 +46,7 @@ from offloader.errors import (
 )
 from offloader.faults import checkpoint
 from offloader.sink import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, Marker, Sink, SinkTable
-from offloader.source import Cursor, Engine, Source, Window, format_time, parse_time
+from offloader.source import Cursor, Engine, Source, Window, format_time, parse_time, read_ahead
 from offloader.state import RunRecord, StateStore
 
 
@@ -147,6 +148,11 @@ class TableOffload:
                 result.error = exc
                 result.reason = str(exc).splitlines()[0]
                 log.error("table_failed", error_type=exc.kind, error=result.reason, retryable=exc.retryable)
+            except Exception as exc:  # a bug must not take the other tables down with it
+                result.outcome = "failed"
+                result.error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
+                result.reason = str(result.error).splitlines()[0]
+                log.exception("table_failed", error_type="internal_error", error=result.reason, retryable=False)
             finally:
                 result.duration = self.clock() - started
                 self._finish(record, result, log)
@@ -252,7 +258,7 @@ class TableOffload:
             buffered: list[pa.RecordBatch] = []
             size = 0
             limit = self.config.offload.batch_bytes
-            for batch in source.read(window, select):
+            for batch in read_ahead(source.read(window, select)):
                 if batch.num_rows == 0:
                     continue
                 converted = types.convert_batch(batch, plans, target)
@@ -265,6 +271,7 @@ class TableOffload:
             checkpoint("after_read")
             if buffered:
                 tx.write(pa.Table.from_batches(buffered, schema=target))
+            tx.flush()
             checkpoint("after_write")
             self._check_stop()
             return tx

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -267,6 +268,181 @@ class SinkTable:
             raise CatalogError(f"cannot start a transaction on {self.config.target}: {_first_line(exc)}") from exc
 
 
+class _RollingFiles:
+    """One open Parquet file per partition, rolled over at the target file size.
+
+    Chunks of a window arrive one after another; each is split by partition (in the
+    caller's thread) and appended to an open file of that partition. Writing runs in
+    ``lanes`` writer threads, each with files of its own, chunks dealt to them in turn:
+    Parquet encoding then uses every core and overlaps with reading and converting the
+    next chunk. Files grow to the target size whatever the chunk size; at most
+    ``lanes + 1`` chunks wait for the writers, so memory stays bounded.
+    """
+
+    lanes = 2
+
+    def __init__(self, metadata: Any, io: Any, write_uuid: uuid.UUID, target_size: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from pyiceberg.io.fileformat import FileFormatFactory
+        from pyiceberg.manifest import FileFormat
+        from pyiceberg.table.locations import load_location_provider
+
+        self.metadata = metadata
+        self.io = io
+        self.write_uuid = write_uuid
+        self.target_size = target_size
+        self.schema = metadata.schema()
+        self.spec = metadata.spec()
+        self.format = FileFormatFactory.get(FileFormat.PARQUET)
+        self.locations = load_location_provider(table_location=metadata.location, table_properties=metadata.properties)
+        self.counter = itertools.count(0)
+        self.open: dict[Any, tuple[Any, str, Any]] = {}
+        self.paths: list[str] = []
+        self._pools = [ThreadPoolExecutor(1, thread_name_prefix="offloader-parquet") for _ in range(self.lanes)]
+        self._chunks = itertools.count(0)
+        self._pending: deque[Any] = deque()
+        self._finished = False
+
+    def write(self, table: pa.Table) -> list[Any]:
+        """Queue a chunk; returns the DataFiles of files that were completed meanwhile."""
+        parts = list(_split_partitions(self.spec, self.schema, table))
+        lane = next(self._chunks) % self.lanes
+        self._pending.append(self._pools[lane].submit(self._write_parts, lane, parts))
+        done: list[Any] = []
+        while len(self._pending) > self.lanes + 1:
+            done += self._pending.popleft().result()
+        return done
+
+    def _write_parts(self, lane: int, parts: list[tuple[Any, pa.Table]]) -> list[Any]:
+        done = []
+        for key, rows in parts:
+            ident = (lane, None if key is None else key.to_path())
+            entry = self.open.get(ident)
+            if entry is None:
+                entry = self.open[ident] = self._new_file(key)
+            writer = entry[0]
+            writer.write(self._prepare(rows))
+            if _tell(writer) >= self.target_size:
+                done.append(self._close(ident))
+        return done
+
+    def _prepare(self, rows: pa.Table) -> pa.Table:
+        from pyiceberg.io.pyarrow import _to_requested_schema, pyarrow_to_schema
+
+        file_schema = pyarrow_to_schema(rows.schema, name_mapping=self.schema.name_mapping, format_version=self.metadata.format_version)
+        batches = [
+            _to_requested_schema(self.schema, file_schema, batch, include_field_ids=True, format_model=self.format)
+            for batch in rows.to_batches()
+        ]
+        return pa.Table.from_batches(batches)
+
+    def _new_file(self, key: Any) -> tuple[Any, str, Any]:
+        name = f"{next(self.counter):05d}-{self.write_uuid}.parquet"
+        path = self.locations.new_data_location(data_file_name=name, partition_key=key)
+        writer = self.format.create_writer(self.io.new_output(path), self.schema, self.metadata.properties)
+        self.paths.append(path)
+        return writer, path, key
+
+    def _close(self, ident: Any) -> Any:
+        from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+        from pyiceberg.typedef import Record
+
+        writer, path, key = self.open.pop(ident)
+        statistics = writer.close()
+        return DataFile.from_args(
+            content=DataFileContent.DATA,
+            file_path=path,
+            file_format=FileFormat.PARQUET,
+            partition=key.partition if key is not None else Record(),
+            file_size_in_bytes=len(self.io.new_input(path)),
+            sort_order_id=None,
+            spec_id=self.metadata.default_spec_id,
+            equality_ids=None,
+            key_metadata=None,
+            **statistics.to_serialized_dict(),
+        )
+
+    def finish(self) -> list[Any]:
+        """Wait for the writer and close every open file. Later calls return nothing."""
+        if self._finished:
+            return []
+        self._finished = True
+        done: list[Any] = []
+        while self._pending:
+            done += self._pending.popleft().result()
+        for lane, pool in enumerate(self._pools):
+            done += pool.submit(lambda lane=lane: [self._close(i) for i in list(self.open) if i[0] == lane]).result()
+            pool.shutdown()
+        return done
+
+    def abandon(self) -> list[str]:
+        """Stop writing; close what is open; return every path written (to delete)."""
+        for future in self._pending:
+            future.cancel()
+        for pool in self._pools:
+            pool.shutdown(wait=True)
+        self._pending.clear()
+        for writer, _, _ in self.open.values():
+            try:
+                writer.close()
+            except Exception:  # noqa: S110 - the file is deleted anyway
+                pass
+        self.open.clear()
+        paths, self.paths = self.paths, []
+        return paths
+
+
+def _tell(writer: Any) -> int:
+    """Bytes a format writer has put in its file so far."""
+    stream = getattr(writer, "_fos", None)
+    try:
+        return int(stream.tell()) if stream is not None else 0
+    except Exception:
+        return 0
+
+
+def _split_partitions(spec: Any, schema: Any, table: pa.Table) -> Iterator[tuple[Any, pa.Table]]:
+    """(partition key, rows) of a chunk. A chunk inside one partition (the usual case for
+    time-ordered data) is passed through without a copy; others are split by PyIceberg."""
+    from pyiceberg.io.pyarrow import _determine_partitions
+    from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
+
+    if spec.is_unpartitioned():
+        yield None, table
+        return
+    values = []
+    for field in spec.fields:
+        name = schema.find_column_name(field.source_id)
+        if name is None or "." in name or name not in table.column_names:
+            values = None
+            break
+        source_type = schema.find_field(field.source_id).field_type
+        transformed = field.transform.pyarrow_transform(source_type)(table.column(name))
+        if transformed.null_count not in (0, len(transformed)):
+            values = None
+            break
+        if transformed.null_count:
+            values.append(None)
+            continue
+        bounds = pc.min_max(transformed)
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        if low != high:
+            values = None
+            break
+        values.append(low)
+    if values is not None:
+        key = PartitionKey(
+            field_values=[PartitionFieldValue(field=f, value=v) for f, v in zip(spec.fields, values, strict=True)],
+            partition_spec=spec,
+            schema=schema,
+        )
+        yield key, table
+        return
+    for part in _determine_partitions(spec, schema, table):
+        yield part.partition_key, part.arrow_table_partition
+
+
 class Window:
     """The open transaction of one window: files are written, then committed as one snapshot."""
 
@@ -276,35 +452,45 @@ class Window:
         self.owner = owner
         self.tx = tx
         self.schema_changes = changes
-        self.write_uuid = uuid.uuid4()
-        self.counter = itertools.count(0)
         self.written = WrittenFiles(files=[])
         self.arrow_schema = schema_to_pyarrow(tx.table_metadata.schema(), include_field_ids=False)
+        target = int(tx.table_metadata.properties.get("write.target-file-size-bytes", 128 * 2**20))
+        self._files = _RollingFiles(tx.table_metadata, owner.table.io, uuid.uuid4(), target)
+        self._carried = _RollingFiles(tx.table_metadata, owner.table.io, uuid.uuid4(), target)
 
     @property
     def io(self) -> Any:
         return self.owner.table.io
 
     def write(self, table: pa.Table, *, source_rows: bool = True) -> None:
-        """Write a chunk of rows as data files (partitioned and sized by the table's spec).
+        """Append a chunk of rows to the window's data files (partitioned, rolled at the target size).
 
         ``source_rows=False`` marks rows carried over from a replaced file: they are
         committed but not counted against the source window.
         """
-        from pyiceberg.io.pyarrow import _dataframe_to_data_files
-
         if table.num_rows == 0:
             return
+        files = self._files if source_rows else self._carried
         try:
-            for data_file in _dataframe_to_data_files(
-                self.tx.table_metadata, table, self.io, write_uuid=self.write_uuid, counter=self.counter
-            ):
-                self.written.files.append(data_file)
-                self.written.bytes += data_file.file_size_in_bytes
-                if source_rows:
-                    self.written.rows += data_file.record_count
+            for data_file in files.write(table):
+                self._add(data_file, source_rows)
         except Exception as exc:
             raise CatalogError(f"writing data files for {self.owner.config.target} failed: {_first_line(exc)}") from exc
+
+    def flush(self, *, source_rows: bool = True) -> None:
+        """Close every open file of the source rows (or of the carried rows)."""
+        files = self._files if source_rows else self._carried
+        try:
+            for data_file in files.finish():
+                self._add(data_file, source_rows)
+        except Exception as exc:
+            raise CatalogError(f"writing data files for {self.owner.config.target} failed: {_first_line(exc)}") from exc
+
+    def _add(self, data_file: Any, source_rows: bool) -> None:
+        self.written.files.append(data_file)
+        self.written.bytes += data_file.file_size_in_bytes
+        if source_rows:
+            self.written.rows += data_file.record_count
 
     def replaced_files(self, column: str, lo_micros: int, hi_micros: int) -> list[tuple[Any, pa.Table]]:
         """Files holding rows with ``lo <= column <= hi``, and the rows of each that stay."""
@@ -338,6 +524,8 @@ class Window:
         try:
             for _, keep in replace:
                 self.write(keep, source_rows=False)
+            self.flush(source_rows=True)
+            self.flush(source_rows=False)
             with self._producer(props, bool(replace)) as producer:
                 for old, _ in replace:
                     producer.delete_data_file(old)
@@ -362,11 +550,12 @@ class Window:
 
     def discard(self) -> None:
         """Delete the files of a window that will not be committed (best effort)."""
-        for data_file in self.written.files:
-            try:
-                self.io.delete(data_file.file_path)
-            except Exception:  # noqa: S110 - an orphan file is harmless; maintenance removes it
-                pass
+        for files in (self._files, self._carried):
+            for path in files.abandon():
+                try:
+                    self.io.delete(path)
+                except Exception:  # noqa: S110 - an orphan file is harmless; maintenance removes it
+                    pass
         self.written = WrittenFiles(files=[])
 
 

@@ -169,6 +169,58 @@ class HttpEngine:
             pass
 
 
+def read_ahead(batches: Iterator[pa.RecordBatch], depth: int = 8) -> Iterator[pa.RecordBatch]:
+    """Pull ``batches`` in a thread of its own, ``depth`` batches ahead of the consumer.
+
+    Reading from ClickHouse and writing Parquet then overlap on two cores. Memory stays
+    bounded by ``depth`` batches; an error in the reader is raised in the consumer, and a
+    consumer that stops early stops the reader.
+    """
+    import queue
+
+    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        buffer.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # handed to the consumer
+            buffer.put(exc)
+            return
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None and stop.is_set():
+                close()
+        buffer.put(done)
+
+    thread = threading.Thread(target=pump, name="offloader-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
 def _param_strings(params: dict[str, Any] | None) -> dict[str, Any]:
     return {k: (str(v) if not isinstance(v, str | int | float) else v) for k, v in (params or {}).items()}
 

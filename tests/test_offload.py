@@ -297,10 +297,11 @@ def test_uint64_overflow_fails_cleanly_with_nothing_committed(ws: Workspace) -> 
     assert "volume" in result.stderr and "9223372036854775808" in result.stderr
     table = ws.iceberg_table("cold.big")
     assert table.current_snapshot() is None
-    ws.tables[0]["uint64"] = "decimal"
+    # the same rows into a table configured for decimal(20, 0)
+    ws.tables[0].update(uint64="decimal", target="cold.big_decimal")
     result = ws.run_once()
     assert result.returncode == 0, result.stderr
-    values = sorted(r[0] for r in ws.iceberg_local("cold.big", "toString(volume)"))
+    values = sorted(r[0] for r in ws.iceberg_local("cold.big_decimal", "toString(volume)"))
     assert values == ["5", "9223372036854775808"]
 
 
@@ -348,7 +349,7 @@ def test_replace_mode_rewrites_open_rows_exactly(ws: Workspace) -> None:
     )
 
     def bars_source() -> list[tuple[Any, ...]]:
-        return sorted(ws.engine.rows("SELECT toString(window_start), symbol, trades, toString(volume) FROM k2.bars"))
+        return sorted(ws.engine.rows("SELECT toString(toDateTime64(window_start, 6, 'UTC')), symbol, trades, toString(volume) FROM k2.bars"))
 
     def bars_cold() -> list[tuple[Any, ...]]:
         return sorted(ws.iceberg_local("cold.bars", "toString(window_start), symbol, trades, toString(volume)"))

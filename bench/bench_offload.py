@@ -1,0 +1,192 @@
+"""Benchmark: `offloader once` against ClickHouse's own Parquet export of the same rows.
+
+Seeds N bronze trade rows (9 columns, the shape of bronze_trades_*) into an embedded
+ClickHouse (chDB) data directory, then measures in one run:
+
+- ClickHouse's native Parquet export (zstd) of the rows: the practical limit on this machine;
+- `offloader once` end to end (a subprocess: read, convert, write Parquet, verify, commit),
+  its rows/s, MB/s and peak RSS;
+- a second `offloader once` that finds nothing new (seconds per table);
+- the bytes on disk of the Iceberg data files against the Arrow in-memory size of the rows.
+
+Usage: python bench/bench_offload.py [--rows 10000000] [--catalog sqlite|postgres] [--out FILE]
+Prints a Markdown table and writes JSON (default bench/results/offload-<rows>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DDL = """
+CREATE TABLE IF NOT EXISTS k2.bronze_trades (
+    exchange_timestamp DateTime64(3, 'UTC'),
+    ingestion_timestamp DateTime64(6, 'UTC'),
+    sequence_number UInt64,
+    trade_id String,
+    symbol LowCardinality(String),
+    side Enum8('buy' = 1, 'sell' = 2),
+    price Decimal(18, 8),
+    quantity Decimal(18, 8),
+    is_buyer_maker Bool
+) ENGINE = MergeTree PARTITION BY toYYYYMMDD(exchange_timestamp) ORDER BY (ingestion_timestamp, sequence_number)
+"""
+SEED = """
+INSERT INTO k2.bronze_trades
+SELECT ts - toIntervalMillisecond(rand() % 50), ts, {first:UInt64} + number, toString({first:UInt64} + number),
+       ['BTC-USDT', 'ETH-USDT', 'SOL-USDT', 'XRP-USDT', 'DOGE-USDT'][number % 5 + 1],
+       if(rand() % 2 = 0, 'buy', 'sell'),
+       toDecimal64(30000 + sin(number / 1e5) * 2000 + (rand() % 10000) / 100, 8),
+       toDecimal64(exp(randNormal(0, 1.5)) / 100, 8),
+       rand() % 2 = 0
+FROM (SELECT number, toDateTime64({start:String}, 6, 'UTC') + toIntervalMicrosecond(intDiv(number, 4) * {step:UInt64}) AS ts
+      FROM numbers({n:UInt64}))
+"""
+
+
+def seed(path: Path, rows: int, hours: float) -> None:
+    import chdb
+
+    conn = chdb.connect(str(path))
+    conn.query("CREATE DATABASE IF NOT EXISTS k2")
+    conn.query(DDL)
+    start = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - hours * 3600 - 600))
+    step = max(1, int(hours * 3600e6 / max(rows / 4, 1)))
+    chunk = 2_000_000
+    for first in range(0, rows, chunk):
+        n = min(chunk, rows - first)
+        chunk_start = f"{start}"
+        conn.query(SEED, "CSV", params={"first": first, "n": n, "start": chunk_start, "step": step})
+        start = conn.query(
+            "SELECT toString(max(ingestion_timestamp) + toIntervalMicrosecond(1), 'UTC') FROM k2.bronze_trades", "CSV"
+        ).bytes().decode().strip().strip('"')
+    conn.close()
+
+
+def native_export(path: Path, out: Path) -> tuple[float, int, int]:
+    """ClickHouse's own Parquet export (zstd) of the table; seconds, bytes on disk, Arrow bytes."""
+    import chdb
+    import pyarrow as pa
+
+    conn = chdb.connect(str(path))
+    here = os.getcwd()
+    os.chdir(out.parent)
+    try:
+        started = time.perf_counter()
+        conn.query(
+            f"SELECT * FROM k2.bronze_trades INTO OUTFILE '{out.name}' TRUNCATE FORMAT Parquet "
+            "SETTINGS output_format_parquet_compression_method = 'zstd'"
+        )
+        seconds = time.perf_counter() - started
+    finally:
+        os.chdir(here)
+    arrow_bytes = 0
+    result = conn.send_query("SELECT * EXCEPT side, toString(side) AS side FROM k2.bronze_trades", "ArrowStream")
+    for chunk in result:
+        for batch in pa.ipc.open_stream(pa.py_buffer(chunk.bytes())):
+            arrow_bytes += batch.nbytes
+    conn.close()
+    return seconds, out.stat().st_size, arrow_bytes
+
+
+def run_once(config: Path) -> tuple[float, int, str]:
+    """`offloader once` as a child process: seconds, peak RSS in bytes, stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "offloader", "--config", str(config), "--log-level", "warning", "once"],
+        capture_output=True, text=True, cwd=config.parent,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"offloader once failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return seconds, max(peak, before) * 1024, proc.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--hours", type=float, default=24.0, help="hours of history the rows span")
+    parser.add_argument("--catalog", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--out")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="offloader-bench-"))
+    chdb_dir, warehouse = work / "clickhouse", work / "warehouse"
+    print(f"seeding {args.rows:,} rows into {chdb_dir} ...", file=sys.stderr)
+    started = time.perf_counter()
+    seed(chdb_dir, args.rows, args.hours)
+    seed_seconds = time.perf_counter() - started
+
+    export_s, export_bytes, arrow_bytes = native_export(chdb_dir, work / "native.parquet")
+
+    catalog_uri = f"sqlite:///{work}/catalog.db" if args.catalog == "sqlite" else args.pg
+    state_dsn = f"sqlite:///{work}/state.db" if args.catalog == "sqlite" else args.pg
+    if args.catalog == "postgres":
+        _reset_pg(args.pg)
+    config = work / "offloader.toml"
+    config.write_text(
+        f'[source]\ndsn = "chdb://{chdb_dir}"\nsafety_lag = "0s"\nmax_window = "{int(args.hours) + 1}h"\n'
+        f'[catalog]\nname = "cold"\ntype = "sql"\nuri = "{catalog_uri}"\nwarehouse = "file://{warehouse}"\n'
+        f'[state]\ndsn = "{state_dsn}"\n'
+        '[[tables]]\nname = "bronze_trades"\nsource = "k2.bronze_trades"\ntarget = "cold.bronze_trades"\n'
+        'layer = "bronze"\ncursor = ["ingestion_timestamp", "sequence_number"]\npartition_by = ["day(exchange_timestamp)"]\n'
+    )
+    once_s, peak_rss, stdout = run_once(config)
+    idle_s, _, idle_out = run_once(config)
+    assert "nothing new" in idle_out, idle_out
+    data_bytes = sum(f.stat().st_size for f in warehouse.rglob("*.parquet"))
+    results = {
+        "rows": args.rows,
+        "catalog": args.catalog,
+        "seed_seconds": round(seed_seconds, 2),
+        "native_parquet_export_seconds": round(export_s, 3),
+        "native_parquet_rows_per_second": round(args.rows / export_s),
+        "native_parquet_bytes": export_bytes,
+        "offloader_once_seconds": round(once_s, 3),
+        "offloader_rows_per_second": round(args.rows / once_s),
+        "offloader_arrow_mb_per_second": round(arrow_bytes / once_s / 1e6, 1),
+        "offloader_peak_rss_mib": round(peak_rss / 2**20, 1),
+        "offloader_vs_native": round(export_s / once_s, 3),
+        "idle_cycle_seconds_per_table": round(idle_s, 3),
+        "iceberg_data_bytes": data_bytes,
+        "arrow_in_memory_bytes": arrow_bytes,
+        "compression_ratio_vs_arrow": round(arrow_bytes / max(data_bytes, 1), 2),
+        "offloader_output": stdout.strip(),
+        "cpu_count": os.cpu_count(),
+    }
+    out = Path(args.out or ROOT / "bench" / "results" / f"offload-{args.rows}-{args.catalog}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"| figure | value |\n|---|---|")
+    for key, value in results.items():
+        print(f"| {key} | {value:,} |" if isinstance(value, int | float) else f"| {key} | {value} |")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _reset_pg(dsn: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for table in ("iceberg_tables", "iceberg_namespace_properties", "offloader_watermarks", "offloader_runs"):
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+    conn.close()
+
+
+if __name__ == "__main__":
+    main()

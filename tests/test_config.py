@@ -1,0 +1,198 @@
+"""Config validation: bad config fails at start with one precise line per problem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, dedent
+
+from offloader.config import ConfigError, load_config, parse_duration, parse_size
+
+GOOD = dedent(
+    """
+    [source]
+    dsn = "http://offloader@clickhouse:8123/k2"
+    safety_lag = "5m"
+    max_window = "1h"
+    [catalog]
+    name = "cold"
+    type = "sql"
+    uri = "postgresql://offloader@postgres/offloader"
+    warehouse = "s3://cold/warehouse"
+    [state]
+    dsn = "postgresql://offloader@postgres/offloader"
+    [[tables]]
+    name = "bronze_trades_binance"
+    source = "k2.bronze_trades_binance"
+    target = "cold.bronze_trades_binance"
+    layer = "bronze"
+    cursor = ["ingestion_timestamp", "sequence_number"]
+    partition_by = ["day(exchange_timestamp)"]
+    depends_on = []
+    mode = "append"
+    """
+)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "offloader.toml"
+    path.write_text(text)
+    return path
+
+
+def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env=env or {})
+    return info.value.problems
+
+
+def test_good_config_loads_with_the_public_names(tmp_path: Path) -> None:
+    """The documented example loads, durations parsed to seconds and names kept."""
+    config = load_config(write(tmp_path, GOOD), env={})
+    assert config.source.safety_lag == 300 and config.source.max_window == 3600
+    (table,) = config.tables
+    assert table.cursor == ("ingestion_timestamp", "sequence_number")
+    assert table.partition_by == ("day(exchange_timestamp)",)
+    assert config.catalog.properties["uri"] == "postgresql://offloader@postgres/offloader"
+
+
+def test_every_problem_is_reported_at_once_naming_key_and_value(tmp_path: Path) -> None:
+    """Several mistakes give one line each, naming the key, the bad value and what is accepted."""
+    bad = GOOD.replace('safety_lag = "5m"', 'safety_lag = "five minutes"').replace('mode = "append"', 'mode = "upsert"')
+    bad = bad.replace('layer = "bronze"', 'layer = "platinum"')
+    found = problems(tmp_path, bad)
+    assert len(found) == 3
+    assert any("source.safety_lag" in p and "five minutes" in p and '"5m"' in p for p in found)
+    assert any("tables.bronze_trades_binance.mode" in p and "upsert" in p and "'replace'" in p for p in found)
+    assert any("tables.bronze_trades_binance.layer" in p and "platinum" in p for p in found)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("source", "k2.trades; DROP TABLE k2.trades"),
+        ("source", "k2.`trades`"),
+        ("source", "k2.trades' OR '1'='1"),
+        ("target", 'cold."x"'),
+        ("name", "a b"),
+    ],
+)
+def test_hostile_table_names_are_rejected(tmp_path: Path, key: str, value: str) -> None:
+    """Names with semicolons, quotes, backticks or spaces are rejected with the offending value."""
+    text = GOOD.replace(f'{key} = "', f'{key} = "__X__', 1)
+    text = text.replace(text.split(f'{key} = "__X__', 1)[1].split('"', 1)[0], "", 1)
+    text = text.replace("__X__", value.replace('"', '\\"'))
+    found = problems(tmp_path, text)
+    assert any(value in p for p in found), found
+
+
+def test_hostile_cursor_column_is_rejected(tmp_path: Path) -> None:
+    """A cursor column carrying SQL is rejected, never sent to ClickHouse."""
+    text = GOOD.replace('"sequence_number"]', '"sequence_number`) OR 1=1 --"]')
+    found = problems(tmp_path, text)
+    assert any("cursor" in p and "OR 1=1" in p for p in found)
+
+
+def test_password_in_file_is_refused_but_env_and_file_work(tmp_path: Path) -> None:
+    """Passwords come only from the environment or a *_file key, never the config file."""
+    found = problems(tmp_path, GOOD.replace('max_window = "1h"', 'max_window = "1h"\npassword = "hunter2"'))
+    assert any("source.password" in p and "OFFLOADER__SOURCE__PASSWORD" in p for p in found)
+    assert not any("hunter2" in p for p in found)
+    config = load_config(write(tmp_path, GOOD), env={"OFFLOADER__SOURCE__PASSWORD": "hunter2"})
+    assert config.source.password is not None and config.source.password.reveal() == "hunter2"
+    assert "hunter2" not in repr(config)
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    config = load_config(write(tmp_path, GOOD.replace('[state]', f'[state]\npassword_file = "{secret}"')), env={})
+    assert config.state.password is not None and config.state.password.reveal() == "s3cret"
+
+
+def test_password_inside_a_dsn_is_refused(tmp_path: Path) -> None:
+    """A DSN that carries a password is refused, and the password is not echoed."""
+    found = problems(tmp_path, GOOD.replace("http://offloader@clickhouse", "http://offloader:hunter2@clickhouse"))
+    assert any("source.dsn" in p for p in found) and not any("hunter2" in p for p in found)
+
+
+def test_environment_overrides_any_key(tmp_path: Path) -> None:
+    """OFFLOADER__SECTION__KEY and OFFLOADER__TABLES__NAME__KEY override single keys."""
+    env = {
+        "OFFLOADER__SOURCE__SAFETY_LAG": "0s",
+        "OFFLOADER__SCHEDULE__MAX_PARALLEL": "4",
+        "OFFLOADER__TABLES__BRONZE_TRADES_BINANCE__MAX_WINDOW": "10m",
+    }
+    config = load_config(write(tmp_path, GOOD), env=env)
+    assert config.source.safety_lag == 0
+    assert config.schedule.max_parallel == 4
+    assert config.tables[0].max_window == 600
+
+
+def test_dependencies_must_exist_and_not_cycle(tmp_path: Path) -> None:
+    """An unknown upstream and a dependency cycle are both reported."""
+    text = GOOD.replace("depends_on = []", 'depends_on = ["nope"]')
+    assert any("nope" in p and "not a configured table" in p for p in problems(tmp_path, text))
+    two = GOOD.replace("depends_on = []", 'depends_on = ["b"]') + dedent(
+        """
+        [[tables]]
+        name = "b"
+        source = "k2.b"
+        target = "cold.b"
+        layer = "silver"
+        cursor = ["ts"]
+        depends_on = ["bronze_trades_binance"]
+        """
+    )
+    assert any("cycle" in p for p in problems(tmp_path, two))
+
+
+def test_replace_mode_needs_one_time_column_and_a_lookback(tmp_path: Path) -> None:
+    """mode = "replace" without replace_lookback, or with a tuple cursor, is refused."""
+    found = problems(tmp_path, GOOD.replace('mode = "append"', 'mode = "replace"'))
+    assert any("replace_lookback" in p for p in found)
+    assert any(".cursor" in p and "exactly one" in p for p in found)
+
+
+def test_durations_and_sizes() -> None:
+    """Durations and sizes parse the documented forms and refuse others."""
+    assert parse_duration("0s") == 0 and parse_duration("1h30m") == 5400 and parse_duration("250ms") == 0.25
+    assert parse_size("128MiB") == 128 * 2**20 and parse_size("64MB") == 64_000_000
+    for bad in ("", "5", "5 minutes", "-1s", "1h 30m"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    with pytest.raises(ValueError):
+        parse_size("0")
+
+
+def test_cli_bad_config_exits_2_with_a_precise_message(tmp_path: Path) -> None:
+    """The CLI turns a bad config into one line per problem on stderr and exit code 2, no traceback."""
+    path = write(tmp_path, GOOD.replace('max_window = "1h"', 'max_window = "forever"'))
+    result = subprocess.run(
+        [sys.executable, "-m", "offloader", "--config", str(path), "once"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 2
+    assert "source.max_window = 'forever'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_missing_config_file(tmp_path: Path) -> None:
+    """A config path that does not exist is named in the error."""
+    result = subprocess.run(
+        [sys.executable, "-m", "offloader", "--config", str(tmp_path / "nope.toml"), "status"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2 and "nope.toml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_dead_state_store_exits_1_naming_it(tmp_path: Path) -> None:
+    """A state store that is down gives exit code 1 and a message naming it, no traceback."""
+    text = GOOD.replace('[state]\ndsn = "postgresql://offloader@postgres/offloader"', '[state]\ndsn = "postgresql://nobody@127.0.0.1:1/none"')
+    text = text.replace('uri = "postgresql://offloader@postgres/offloader"', f'uri = "sqlite:///{tmp_path}/cat.db"')
+    path = write(tmp_path, text)
+    result = subprocess.run(
+        [sys.executable, "-m", "offloader", "--config", str(path), "once"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert result.returncode == 1, result.stderr
+    assert "state store" in result.stderr and "127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
