@@ -96,7 +96,20 @@ class App:
             except OffloaderError as exc:  # the state store failing before the run could be recorded
                 results[table.name] = TableResult(table.name, "", "failed", error=exc, reason=str(exc).splitlines()[0])
                 self.log.error("table_failed", table=table.name, error_type=exc.kind, error=str(exc))
+        self._prune_history()
         return list(results.values())
+
+    def _prune_history(self) -> None:
+        """Drop run history older than ``state.history_retention``."""
+        import time
+
+        try:
+            pruned = self.state.prune_runs(time.time() - self.config.state.history_retention)
+        except OffloaderError as exc:
+            self.log.warning("history_prune_failed", error=str(exc))
+            return
+        if pruned:
+            self.log.info("history_pruned", runs=pruned)
 
     # -- status ------------------------------------------------------------------------------
 

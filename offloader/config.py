@@ -171,7 +171,7 @@ class TableConfig:
 @dataclass(frozen=True)
 class OffloadConfig:
     target_file_size: int = 128 * 2**20
-    batch_bytes: int = 256 * 2**20
+    batch_bytes: int = 32 * 2**20
     commit_attempts: int = 5
 
 
@@ -530,7 +530,7 @@ class _Validator:
         self.unknown_keys("offload", s, {"target_file_size", "batch_size", "commit_attempts"})
         return OffloadConfig(
             target_file_size=self.size("offload.target_file_size", s.get("target_file_size"), 128 * 2**20) or 0,
-            batch_bytes=self.size("offload.batch_size", s.get("batch_size"), 256 * 2**20) or 0,
+            batch_bytes=self.size("offload.batch_size", s.get("batch_size"), 32 * 2**20) or 0,
             commit_attempts=self.integer("offload.commit_attempts", s.get("commit_attempts"), 5, 1, 100),
         )
 

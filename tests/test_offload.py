@@ -367,3 +367,24 @@ def test_replace_mode_rewrites_open_rows_exactly(ws: Workspace) -> None:
     app.run_cycle()
     assert bars_cold() == before == bars_source()
     app.close()
+
+
+def test_hostile_column_names_in_the_source_are_quoted_safely(ws: Workspace) -> None:
+    """Source columns named with quotes, backticks and SQL are quoted, offloaded and read back intact."""
+    ws.tables = [trades_table("odd", source="k2.odd", target="cold.odd", partition_by=[])]
+    ws.engine.command("CREATE DATABASE IF NOT EXISTS k2")
+    ws.engine.command(
+        "CREATE TABLE k2.odd (ingestion_timestamp DateTime64(6, 'UTC'), sequence_number UInt64, "
+        "`x; DROP TABLE k2.odd; --` String, `it's \"quoted\"` Int32, `back``tick` Float64) "
+        "ENGINE = MergeTree ORDER BY ingestion_timestamp"
+    )
+    ws.engine.command("INSERT INTO k2.odd VALUES ('2026-01-01 00:00:00', 1, 'ok', 7, 1.5), ('2026-01-01 00:00:01', 2, '', -1, 0)")
+    app = ws.app()
+    (result,) = app.run_cycle()
+    assert result.outcome == "committed" and result.rows == 2
+    assert ws.engine.rows("SELECT count() FROM k2.odd") == [(2,)]
+    names = [f.name for f in ws.iceberg_table("cold.odd").schema().fields]
+    assert names[2:] == ["x; DROP TABLE k2.odd; --", 'it\'s "quoted"', "back`tick"]
+    cold = ws.iceberg_arrow("cold.odd").sort_by("sequence_number").to_pylist()
+    assert [(r["x; DROP TABLE k2.odd; --"], r['it\'s "quoted"'], r["back`tick"]) for r in cold] == [("ok", 7, 1.5), ("", -1, 0.0)]
+    app.close()

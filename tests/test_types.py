@@ -23,6 +23,7 @@ import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.schema import index_by_id
 from pyiceberg.types import IcebergType, ListType, MapType, StructType
 
 from offloader.errors import ConfigError, DataError, SchemaError, UnsupportedTypeError, ValueOutOfRangeError
@@ -368,7 +369,7 @@ def test_iceberg_schema_assigns_top_level_ids_first() -> None:
     plans = plan_columns([("a", "Int32"), ("b", "Map(String, Array(UInt32))"), ("c", "Tuple(x Int8, y String)")], DEFAULT)
     schema = iceberg_schema(plans)
     assert [f.field_id for f in schema.fields] == [1, 2, 3]
-    ids = list(schema._lazy_id_to_field)
+    ids = list(index_by_id(schema))
     assert len(ids) == len(set(ids)) == 8
     assert min(set(ids) - {1, 2, 3}) == 4
 
