@@ -66,9 +66,13 @@ def seed(path: Path, rows: int, hours: float) -> None:
         n = min(chunk, rows - first)
         chunk_start = f"{start}"
         conn.query(SEED, "CSV", params={"first": first, "n": n, "start": chunk_start, "step": step})
-        start = conn.query(
-            "SELECT toString(max(ingestion_timestamp) + toIntervalMicrosecond(1), 'UTC') FROM k2.bronze_trades", "CSV"
-        ).bytes().decode().strip().strip('"')
+        start = (
+            conn.query("SELECT toString(max(ingestion_timestamp) + toIntervalMicrosecond(1), 'UTC') FROM k2.bronze_trades", "CSV")
+            .bytes()
+            .decode()
+            .strip()
+            .strip('"')
+        )
     conn.close()
 
 
@@ -170,7 +174,7 @@ def main() -> None:
     out = Path(args.out or ROOT / "bench" / "results" / f"offload-{args.rows}-{args.catalog}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"| figure | value |\n|---|---|")
+    print("| figure | value |\n|---|---|")
     for key, value in results.items():
         print(f"| {key} | {value:,} |" if isinstance(value, int | float) else f"| {key} | {value} |")
     if not args.keep:

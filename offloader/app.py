@@ -87,7 +87,9 @@ class App:
                 break
             failed = [d for d in table.depends_on if d in names and d in results and not results[d].ok]
             if failed:
-                result = TableResult(table.name, "", "skipped", reason=f"upstream {', '.join(failed)} did not complete this cycle")
+                result = TableResult(
+                    table.name, "", "skipped", reason=f"upstream {', '.join(failed)} did not complete this cycle"
+                )
                 self.log.warning("table_skipped", table=table.name, reason=result.reason)
                 results[table.name] = result
                 continue
@@ -145,12 +147,23 @@ class App:
             run = runs.get(table.name)
             out.append(
                 TableStatus(
-                    table=table.name, layer=table.layer, target=table.target, cursor=cursor,
-                    source_newest=newest, lag_seconds=lag, iceberg_rows=rows, snapshot_id=snapshot,
-                    last_run=None if run is None else {
-                        "run_id": run.run_id, "outcome": run.outcome, "rows": run.rows_written,
+                    table=table.name,
+                    layer=table.layer,
+                    target=table.target,
+                    cursor=cursor,
+                    source_newest=newest,
+                    lag_seconds=lag,
+                    iceberg_rows=rows,
+                    snapshot_id=snapshot,
+                    last_run=None
+                    if run is None
+                    else {
+                        "run_id": run.run_id,
+                        "outcome": run.outcome,
+                        "rows": run.rows_written,
                         "started_at": datetime.fromtimestamp(run.started_at, UTC).isoformat(timespec="seconds"),
-                        "duration_seconds": run.duration_seconds, "error": run.error_message,
+                        "duration_seconds": run.duration_seconds,
+                        "error": run.error_message,
                     },
                     problem="; ".join(problems) or None,
                 )  # fmt: skip

@@ -160,7 +160,9 @@ def _status(app: Any, as_json: bool) -> int:
         run = s.last_run
         last = f"{run['outcome']} {run['started_at']}" if run else "never"
         cursor = " / ".join(str(v) for v in s.cursor) if s.cursor else "-"
-        rows.append((s.table, cursor, _fmt_lag(s.lag_seconds), f"{s.iceberg_rows:,}" if s.iceberg_rows is not None else "?", last))
+        rows.append(
+            (s.table, cursor, _fmt_lag(s.lag_seconds), f"{s.iceberg_rows:,}" if s.iceberg_rows is not None else "?", last)
+        )
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())

@@ -508,7 +508,9 @@ class _Validator:
         if "uri" not in props and props.get("type", "sql") == "sql":
             self.problems.append('catalog.uri: missing; e.g. "postgresql://offloader@postgres/offloader" or "sqlite:///cat.db"')
         if "warehouse" not in props:
-            self.problems.append('catalog.warehouse: missing; e.g. "s3://cold/warehouse" or "file:///var/lib/offloader/warehouse"')
+            self.problems.append(
+                'catalog.warehouse: missing; e.g. "s3://cold/warehouse" or "file:///var/lib/offloader/warehouse"'
+            )
         if "uri" in props:
             self.dsn_without_password("catalog.uri", props["uri"])
         return CatalogConfig(name=str(name), properties=props, password=self.password("catalog", s))
@@ -644,7 +646,9 @@ class _Validator:
             self.problem(f"{label}.depends_on", name, "a table cannot depend on itself")
         lookback = self.duration(f"{label}.replace_lookback", t.get("replace_lookback"), 0.0)
         if mode == "replace" and lookback <= 0:
-            self.problem(f"{label}.replace_lookback", t.get("replace_lookback"), 'mode = "replace" needs a positive duration, e.g. "2h"')
+            self.problem(
+                f"{label}.replace_lookback", t.get("replace_lookback"), 'mode = "replace" needs a positive duration, e.g. "2h"'
+            )
         table = TableConfig(
             name=str(name),
             source=str(source),
@@ -668,7 +672,11 @@ class _Validator:
         if value is None:
             value = []
         if not isinstance(value, list) or not all(isinstance(v, str) and pattern.match(v) for v in value):
-            what = "Iceberg transforms such as day(col), month(col), bucket(16, col) or col" if pattern is _TRANSFORM else "identifiers (letters, digits, _)"
+            what = (
+                "Iceberg transforms such as day(col), month(col), bucket(16, col) or col"
+                if pattern is _TRANSFORM
+                else "identifiers (letters, digits, _)"
+            )
             self.problem(key, value, f"expected a list of {what}")
             return ()
         if required and not value:

@@ -181,9 +181,7 @@ class TableOffload:
         source = Source(self.engine, self.table.source_database, self.table.source_table, self.table.cursor)
         plans = types.plan_columns(source.columns(), self.options)
         schema = types.iceberg_schema(plans)
-        sink_table = self.sink.open(
-            self.table, schema, self.table.target_file_size or self.config.offload.target_file_size
-        )
+        sink_table = self.sink.open(self.table, schema, self.table.target_file_size or self.config.offload.target_file_size)
         attempts = self.config.offload.commit_attempts
         for attempt in range(1, attempts + 1):
             try:
@@ -210,7 +208,9 @@ class TableOffload:
                 "because trusting the mirror would lose rows. If the Iceberg table was recreated on purpose, "
                 f"run `offloader mirror reset --table {self.table.name}`"
             )
-        if marker is not None and (claimed is None or claimed.sort_key() < truth.sort_key() or (mirror and mirror.snapshot_id != marker.snapshot_id)):  # type: ignore[union-attr]
+        if marker is not None and (
+            claimed is None or claimed.sort_key() < truth.sort_key() or (mirror and mirror.snapshot_id != marker.snapshot_id)
+        ):  # type: ignore[union-attr]
             self.state.set_mirror(self.table.name, self.table.target, marker.cursor, marker.snapshot_id, marker.run_id)
             if claimed is None or claimed.sort_key() != truth.sort_key():  # type: ignore[union-attr]
                 log.warning("mirror_repaired", mirror=claimed.to_json() if claimed else None, iceberg=marker.cursor)

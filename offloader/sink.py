@@ -330,7 +330,9 @@ class _RollingFiles:
     def _prepare(self, rows: pa.Table) -> pa.Table:
         from pyiceberg.io.pyarrow import _to_requested_schema, pyarrow_to_schema
 
-        file_schema = pyarrow_to_schema(rows.schema, name_mapping=self.schema.name_mapping, format_version=self.metadata.format_version)
+        file_schema = pyarrow_to_schema(
+            rows.schema, name_mapping=self.schema.name_mapping, format_version=self.metadata.format_version
+        )
         batches = [
             _to_requested_schema(self.schema, file_schema, batch, include_field_ids=True, format_model=self.format)
             for batch in rows.to_batches()
@@ -495,7 +497,6 @@ class Window:
     def replaced_files(self, column: str, lo_micros: int, hi_micros: int) -> list[tuple[Any, pa.Table]]:
         """Files holding rows with ``lo <= column <= hi``, and the rows of each that stay."""
         from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, LessThanOrEqual
-
         from pyiceberg.io.pyarrow import ArrowScan
 
         table = self.owner.table

@@ -398,10 +398,7 @@ class Source:
             f"toString(tupleElement(m, {i + 1}), 'UTC')" if i == 0 else f"tupleElement(m, {i + 1})"
             for i in range(len(self.cursor))
         )
-        sql = (
-            f"SELECT n, {parts} FROM (SELECT count() AS n, max(tuple({cols})) AS m "
-            f"FROM {self.relation} WHERE {where})"
-        )
+        sql = f"SELECT n, {parts} FROM (SELECT count() AS n, max(tuple({cols})) AS m FROM {self.relation} WHERE {where})"
         ((count, *last),) = self.engine.rows(sql, params)
         return WindowStats(rows=int(count), last=Cursor(tuple(last)) if count else None)
 

@@ -140,7 +140,9 @@ class StateStore:
 
         with self._connection("read the watermark mirror") as conn:
             row = conn.execute(
-                text("SELECT table_name, cursor_json, snapshot_id, run_id, updated_at FROM offloader_watermarks WHERE table_name = :t"),
+                text(
+                    "SELECT table_name, cursor_json, snapshot_id, run_id, updated_at FROM offloader_watermarks WHERE table_name = :t"
+                ),
                 {"t": table},
             ).first()
         if row is None:
@@ -254,7 +256,9 @@ class StateStore:
             taken = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
             conn.commit()
         except Exception as exc:
-            raise StateError(f"state store ({self.config.display_dsn}) failed to take the lock of {table}: {_first_line(exc)}") from exc
+            raise StateError(
+                f"state store ({self.config.display_dsn}) failed to take the lock of {table}: {_first_line(exc)}"
+            ) from exc
         try:
             yield taken
         finally:

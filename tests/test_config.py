@@ -106,7 +106,7 @@ def test_password_in_file_is_refused_but_env_and_file_work(tmp_path: Path) -> No
     assert "hunter2" not in repr(config)
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")
-    config = load_config(write(tmp_path, GOOD.replace('[state]', f'[state]\npassword_file = "{secret}"')), env={})
+    config = load_config(write(tmp_path, GOOD.replace("[state]", f'[state]\npassword_file = "{secret}"')), env={})
     assert config.state.password is not None and config.state.password.reveal() == "s3cret"
 
 
@@ -187,7 +187,9 @@ def test_cli_missing_config_file(tmp_path: Path) -> None:
 
 def test_cli_dead_state_store_exits_1_naming_it(tmp_path: Path) -> None:
     """A state store that is down gives exit code 1 and a message naming it, no traceback."""
-    text = GOOD.replace('[state]\ndsn = "postgresql://offloader@postgres/offloader"', '[state]\ndsn = "postgresql://nobody@127.0.0.1:1/none"')
+    text = GOOD.replace(
+        '[state]\ndsn = "postgresql://offloader@postgres/offloader"', '[state]\ndsn = "postgresql://nobody@127.0.0.1:1/none"'
+    )
     text = text.replace('uri = "postgresql://offloader@postgres/offloader"', f'uri = "sqlite:///{tmp_path}/cat.db"')
     path = write(tmp_path, text)
     result = subprocess.run(

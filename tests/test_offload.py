@@ -349,7 +349,9 @@ def test_replace_mode_rewrites_open_rows_exactly(ws: Workspace) -> None:
     )
 
     def bars_source() -> list[tuple[Any, ...]]:
-        return sorted(ws.engine.rows("SELECT toString(toDateTime64(window_start, 6, 'UTC')), symbol, trades, toString(volume) FROM k2.bars"))
+        return sorted(
+            ws.engine.rows("SELECT toString(toDateTime64(window_start, 6, 'UTC')), symbol, trades, toString(volume) FROM k2.bars")
+        )
 
     def bars_cold() -> list[tuple[Any, ...]]:
         return sorted(ws.iceberg_local("cold.bars", "toString(window_start), symbol, trades, toString(volume)"))
@@ -375,7 +377,7 @@ def test_hostile_column_names_in_the_source_are_quoted_safely(ws: Workspace) -> 
     ws.engine.command("CREATE DATABASE IF NOT EXISTS k2")
     ws.engine.command(
         "CREATE TABLE k2.odd (ingestion_timestamp DateTime64(6, 'UTC'), sequence_number UInt64, "
-        "`x; DROP TABLE k2.odd; --` String, `it's \"quoted\"` Int32, `back``tick` Float64) "
+        '`x; DROP TABLE k2.odd; --` String, `it\'s "quoted"` Int32, `back``tick` Float64) '
         "ENGINE = MergeTree ORDER BY ingestion_timestamp"
     )
     ws.engine.command("INSERT INTO k2.odd VALUES ('2026-01-01 00:00:00', 1, 'ok', 7, 1.5), ('2026-01-01 00:00:01', 2, '', -1, 0)")

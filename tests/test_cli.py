@@ -1,0 +1,73 @@
+"""The command line against real components: status, history, once's per-table lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, Workspace, trades_table
+
+
+def offloader(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
+    ws.release()
+    ws.write_config()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
+    return subprocess.run(
+        [sys.executable, "-m", "offloader", "--config", str(ws.config_path), *args],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+
+
+def test_status_reports_cursor_lag_rows_and_last_run(ws: Workspace) -> None:
+    """`status --json` gives each table's committed cursor, lag behind the source, rows in Iceberg and last run."""
+    ws.tables = [trades_table(), trades_table("later", source="k2.later", target="cold.later")]
+    ws.create_trades()
+    ws.create_trades("later")
+    ws.insert_trades(1000, start="2026-01-01 00:00:00", step_us=1_000_000)
+    once = offloader(ws, "once", "--table", "trades")
+    assert once.returncode == 0, once.stderr
+    assert once.stdout.startswith("trades: committed 1,000 rows")
+    ws.insert_trades(10, start="2026-01-01 01:00:00", first_seq=1000)
+    status = offloader(ws, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    by_table = {s["table"]: s for s in json.loads(status.stdout)}
+    trades = by_table["trades"]
+    assert trades["cursor"] == ["2026-01-01 00:16:39.000000", 999]
+    assert trades["iceberg_rows"] == 1000
+    assert trades["lag_seconds"] == pytest.approx(3600 + 0.009 - 999)
+    assert trades["last_run"]["outcome"] == "committed" and trades["last_run"]["rows"] == 1000
+    assert by_table["later"]["last_run"] is None and by_table["later"]["cursor"] is None
+    text = offloader(ws, "status")
+    assert "trades" in text.stdout and "2026-01-01 00:16:39.000000 / 999" in text.stdout
+
+
+def test_history_lists_every_run_with_its_outcome(ws: Workspace) -> None:
+    """`history` shows each table run: outcome, rows, files, windows and error class."""
+    ws.tables = [trades_table()]
+    ws.create_trades()
+    ws.insert_trades(100, start="2026-01-01 00:00:00")
+    assert offloader(ws, "once").returncode == 0
+    assert offloader(ws, "once").returncode == 0
+    history = offloader(ws, "history", "--table", "trades")
+    lines = history.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert "nothing_new" in lines[0] and "committed  rows=100" in lines[1]
+
+
+def test_failed_upstream_skips_its_dependents_and_exits_1(ws: Workspace) -> None:
+    """A failing table does not stop its siblings; its dependents are skipped, each saying why, and the exit is 1."""
+    ws.tables = [
+        trades_table(),
+        trades_table("broken", source="k2.missing", target="cold.broken"),
+        trades_table("silver", source="k2.trades", target="cold.silver", layer="silver", depends_on=["broken"]),
+    ]
+    ws.create_trades()
+    ws.insert_trades(10, start="2026-01-01 00:00:00")
+    result = offloader(ws, "once")
+    assert result.returncode == 1
+    assert "trades: committed 10 rows" in result.stdout
+    assert "broken: FAILED: source table k2.missing does not exist" in result.stderr
+    assert "silver: skipped: upstream broken did not complete this cycle" in result.stdout
