@@ -73,33 +73,76 @@ class App:
     # -- running ---------------------------------------------------------------------------
 
     def run_table(self, table: TableConfig, observer: Observer | None = None, stop: threading.Event | None = None) -> TableResult:
-        return TableOffload(table, self.config, self.engine, self.sink, self.state, observer=observer, stop=stop).run()
+        """One run of one table, retrying transient errors with backoff (``[schedule] retry_*``)."""
+        policy = self.config.schedule
+        stop = stop or threading.Event()
+        attempt = 1
+        while True:
+            try:
+                result = TableOffload(table, self.config, self.engine, self.sink, self.state, observer=observer, stop=stop).run()
+            except OffloaderError as exc:  # the state store failing before the run could be recorded
+                result = TableResult(table.name, "", "failed", error=exc, reason=str(exc).splitlines()[0])
+                self.log.error("table_failed", table=table.name, error_type=exc.kind, error=result.reason)
+            error = result.error
+            if result.outcome != "failed" or error is None or not error.retryable or attempt >= policy.retry_attempts:
+                result.attempts = attempt
+                return result
+            delay = min(policy.retry_backoff * 2 ** (attempt - 1), policy.retry_backoff_max)
+            attempt += 1
+            self.log.warning(
+                "table_retry", table=table.name, attempt=attempt, attempts=policy.retry_attempts,
+                delay_seconds=delay, error_type=error.kind, error=result.reason,
+            )  # fmt: skip
+            if stop.wait(delay):
+                result.attempts = attempt - 1
+                return result
 
     def run_cycle(
-        self, tables: Iterable[TableConfig] | None = None, observer: Observer | None = None, stop: threading.Event | None = None
+        self,
+        tables: Iterable[TableConfig] | None = None,
+        observer: Observer | None = None,
+        stop: threading.Event | None = None,
+        max_parallel: int | None = None,
     ) -> list[TableResult]:
-        """One cycle: every table in dependency order; dependents of a failed table are skipped."""
+        """One cycle over ``tables`` (default: all) in dependency order.
+
+        Tables whose upstreams are done run in parallel, up to ``max_parallel``. A table
+        runs only when every upstream in this cycle completed (committed or found nothing
+        new); otherwise it is skipped and says why. A failed table never stops its siblings.
+        """
+        from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
         chosen = list(tables) if tables is not None else self.config.ordered_tables()
         names = {t.name for t in chosen}
+        stop = stop or threading.Event()
+        parallel = max(1, max_parallel or self.config.schedule.max_parallel)
         results: dict[str, TableResult] = {}
-        for table in chosen:
-            if stop is not None and stop.is_set():
-                break
-            failed = [d for d in table.depends_on if d in names and d in results and not results[d].ok]
-            if failed:
-                result = TableResult(
-                    table.name, "", "skipped", reason=f"upstream {', '.join(failed)} did not complete this cycle"
-                )
-                self.log.warning("table_skipped", table=table.name, reason=result.reason)
-                results[table.name] = result
-                continue
-            try:
-                results[table.name] = self.run_table(table, observer, stop)
-            except OffloaderError as exc:  # the state store failing before the run could be recorded
-                results[table.name] = TableResult(table.name, "", "failed", error=exc, reason=str(exc).splitlines()[0])
-                self.log.error("table_failed", table=table.name, error_type=exc.kind, error=str(exc))
+        waiting = list(chosen)
+        running: dict[Future[TableResult], TableConfig] = {}
+        with ThreadPoolExecutor(parallel, thread_name_prefix="offloader-table") as pool:
+            while waiting or running:
+                for table in list(waiting):
+                    upstream = [d for d in table.depends_on if d in names]
+                    blocked = [d for d in upstream if d in results and not results[d].ok]
+                    if blocked:
+                        reason = f"upstream {', '.join(blocked)} did not complete this cycle"
+                        results[table.name] = TableResult(table.name, "", "skipped", reason=reason)
+                        self.log.warning("table_skipped", table=table.name, reason=reason)
+                        waiting.remove(table)
+                    elif stop.is_set():
+                        results[table.name] = TableResult(table.name, "", "skipped", reason="the service is stopping")
+                        waiting.remove(table)
+                    elif all(d in results for d in upstream) and len(running) < parallel:
+                        running[pool.submit(self.run_table, table, observer, stop)] = table
+                        waiting.remove(table)
+                if not running:
+                    continue
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    table = running.pop(future)
+                    results[table.name] = future.result()
         self._prune_history()
-        return list(results.values())
+        return [results[t.name] for t in chosen if t.name in results]
 
     def _prune_history(self) -> None:
         """Drop run history older than ``state.history_retention``."""

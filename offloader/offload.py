@@ -77,6 +77,7 @@ class TableResult:
     duration: float = 0.0
     conflicts: int = 0
     mismatches: int = 0
+    attempts: int = 1
     window_results: list[WindowResult] = field(default_factory=list)
 
     @property
@@ -221,6 +222,8 @@ class TableOffload:
         result: TableResult, record: RunRecord, log: Any,
     ) -> None:  # fmt: skip
         cursor = self._reconcile(sink_table.marker(), log)
+        if sink_table.prune_uncommitted_metadata():
+            log.info("uncommitted_metadata_pruned")
         now = source.server_now()
         hi = format_time(now - timedelta(seconds=self.safety_lag))
         record.window_lo, record.window_hi = (cursor.time if cursor else None), hi
@@ -343,6 +346,9 @@ class TableOffload:
         self, tx: Any, snapshot_id: int, cursor: list[Any], window: Window, result: TableResult, log: Any
     ) -> WindowResult:
         checkpoint("after_commit")
+        pruned = tx.owner.prune_uncommitted_metadata()
+        if pruned:
+            log.info("uncommitted_metadata_pruned", files=pruned)
         self.state.set_mirror(self.table.name, self.table.target, cursor, snapshot_id, result.run_id)
         checkpoint("after_state")
         done = WindowResult(tx.written.rows, tx.written.bytes, len(tx.written.files), snapshot_id, cursor)

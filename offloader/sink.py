@@ -244,6 +244,38 @@ class SinkTable:
                 return int(snapshot.snapshot_id)
         return None
 
+    def prune_uncommitted_metadata(self) -> int:
+        """Delete metadata files that lost a commit race or a crash and can never become current.
+
+        Path-based Iceberg readers (ClickHouse's ``icebergLocal``, DuckDB's ``iceberg_scan``)
+        pick the newest ``*.metadata.json`` in the table's folder, not the catalog's
+        pointer. A commit that failed (a conflict, a crash mid-commit) leaves its staged
+        metadata file behind. Such a file whose version is at most the current one can never
+        be committed any more (a commit needs its base to be current), so it is safe to
+        remove; newer ones may belong to a commit in flight and are left alone.
+        """
+        metadata = self.table.metadata
+        current = self.table.metadata_location
+        keep = {entry.metadata_file for entry in metadata.metadata_log} | {current}
+        version = _metadata_version(current)
+        folder = current.rsplit("/", 1)[0]
+        try:
+            listed = _list_files(self.table.io, folder)
+        except Exception:  # a FileIO that cannot list: nothing to prune, nothing lost
+            return 0
+        removed = 0
+        for path in listed:
+            if not path.endswith(".metadata.json") or path in keep:
+                continue
+            other = _metadata_version(path)
+            if other is not None and version is not None and other <= version:
+                try:
+                    self.table.io.delete(path)
+                    removed += 1
+                except Exception:  # noqa: S110 - best effort; the catalog stays the truth
+                    pass
+        return removed
+
     def row_count(self) -> int:
         snapshot = self.table.current_snapshot()
         if snapshot is None or snapshot.summary is None:
@@ -558,6 +590,25 @@ class Window:
                 except Exception:  # noqa: S110 - an orphan file is harmless; maintenance removes it
                     pass
         self.written = WrittenFiles(files=[])
+
+
+def _metadata_version(path: str) -> int | None:
+    name = path.rsplit("/", 1)[-1]
+    head = name.split("-", 1)[0]
+    if head.startswith("v"):
+        head = head[1:].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _list_files(io: Any, folder: str) -> list[str]:
+    """Full locations of the files directly in ``folder``, through the table's FileIO."""
+    from pyarrow.fs import FileSelector, FileType
+
+    scheme, netloc, path = io.parse_location(folder)
+    fs = io.fs_by_scheme(scheme, netloc)
+    prefix = folder[: len(folder) - len(path)] if folder.endswith(path) else f"{scheme}://"
+    infos = fs.get_file_info(FileSelector(path, allow_not_found=True))
+    return [prefix + info.path for info in infos if info.type == FileType.File]
 
 
 # ---------------------------------------------------------------------------------------

@@ -86,6 +86,9 @@ class Workspace:
     tables: list[dict[str, Any]] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=lambda: {"safety_lag": "0s", "max_window": "1h"})
     offload: dict[str, Any] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=lambda: {"retry_attempts": 1})
+    server: dict[str, Any] = field(default_factory=dict)
+    source_dsn: str | None = None  # overrides the chDB source, e.g. an HTTP endpoint (tests/chhttp.py)
     _engine: ChdbEngine | None = None
 
     @property
@@ -115,7 +118,7 @@ class Workspace:
     def write_config(self) -> Path:
         lines = [
             "[source]",
-            f'dsn = "chdb://{self.chdb_path}"',
+            f'dsn = "{self.source_dsn or f"chdb://{self.chdb_path}"}"',
             *(f"{k} = {_toml(v)}" for k, v in self.source.items()),
             "[catalog]",
             'name = "cold"',
@@ -126,6 +129,10 @@ class Workspace:
             f'dsn = "{self.pg_dsn}"',
             "[offload]",
             *(f"{k} = {_toml(v)}" for k, v in self.offload.items()),
+            "[schedule]",
+            *(f"{k} = {_toml(v)}" for k, v in self.schedule.items()),
+            "[server]",
+            *(f"{k} = {_toml(v)}" for k, v in self.server.items()),
             "[logging]",
             'format = "json"',
         ]

@@ -1,0 +1,318 @@
+"""offloader against a remote ClickHouse over HTTP, the production path.
+
+The source is a ClickHouse HTTP endpoint served from chDB (tests/chhttp.py) in a subprocess
+of its own: that process owns the chDB directory, so the test reads the source over HTTP
+too (clickhouse-connect), and `offloader once` runs as a real subprocess talking HTTP to it.
+Iceberg is read back with PyIceberg.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from conftest import Workspace, trades_table
+
+CHHTTP = Path(__file__).resolve().with_name("chhttp.py")
+KEYS_SQL = "SELECT toUnixTimestamp64Micro(ingestion_timestamp) AS ts, sequence_number FROM k2.trades"
+
+
+class Endpoint:
+    """tests/chhttp.py running as a subprocess on the workspace's chDB directory."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.proc: subprocess.Popen[str] | None = None
+        self.port: int | None = None
+        self.log = ws.root / "chhttp.log"
+        self._clients: list[Any] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def dsn(self) -> str:
+        return f"http://default@127.0.0.1:{self.port}/k2"
+
+    def start(self, fault: str | None = None) -> None:
+        """Start the endpoint (the test's own chDB handle is released first) and wait for its port."""
+        self.ws.release()
+        env = {k: v for k, v in os.environ.items() if k != "CHHTTP_FAULT"}
+        if fault:
+            env["CHHTTP_FAULT"] = fault
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(CHHTTP), "--path", str(self.ws.chdb_path), "--port", "0"],
+                stdout=subprocess.PIPE, stderr=log, text=True, cwd=self.ws.root, env=env,
+            )  # fmt: skip
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.proc.stdout.readline()
+                if line.startswith("LISTENING "):
+                    self.port = int(line.split()[1])
+                    self.ws.source_dsn = self.dsn
+                    return
+                if not line:
+                    break
+            if self.proc.poll() is not None:
+                break
+        self.kill()
+        raise AssertionError(f"chhttp did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> int:
+        """SIGTERM; the endpoint's exit code."""
+        assert self.proc is not None
+        self.close_clients()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        finally:
+            self.proc = None
+
+    def kill(self) -> None:
+        self.close_clients()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+        self.proc = None
+
+    def wait_exit(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.proc = None
+
+    def client(self, database: str = "k2") -> Any:
+        import clickhouse_connect
+
+        client = clickhouse_connect.get_client(
+            dsn=f"{self.url.replace('//', '//default@')}/{database}", compress=False, query_retries=0,
+            autogenerate_session_id=False,
+        )  # fmt: skip
+        self._clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+
+    def set_fault(self, spec: str) -> str:
+        """Set (or clear, with "") the endpoint's fault at run time; returns '<spec> <times fired>'."""
+        request = urllib.request.Request(f"{self.url}/_chhttp/fault", data=spec.encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.read().decode().strip()
+
+
+@pytest.fixture
+def endpoint(ws: Workspace) -> Iterator[Endpoint]:
+    ep = Endpoint(ws)
+    try:
+        yield ep
+    finally:
+        ep.kill()
+
+
+def source_keys(ep: Endpoint) -> list[tuple[int, int]]:
+    table = ep.client().query_arrow(KEYS_SQL)
+    return sorted(zip(table.column("ts").to_pylist(), table.column("sequence_number").to_pylist(), strict=True))
+
+
+def iceberg_keys(ws: Workspace, target: str = "cold.trades") -> list[tuple[int, int]]:
+    """(ingestion_timestamp in µs, sequence_number) of every row in Iceberg, read by PyIceberg."""
+    table = ws.iceberg_arrow(target)
+    ts = pc.cast(table.column("ingestion_timestamp"), pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    return sorted(zip(ts.to_pylist(), table.column("sequence_number").to_pylist(), strict=True))
+
+
+def assert_exact(ws: Workspace, ep: Endpoint, expected_rows: int) -> None:
+    """Iceberg equals the source row for row: none missing, none twice."""
+    src, cold = source_keys(ep), iceberg_keys(ws)
+    assert len(src) == expected_rows
+    dupes = [k for k, n in Counter(cold).items() if n > 1]
+    assert not dupes, f"{len(dupes)} rows twice in Iceberg, e.g. {dupes[:3]}"
+    missing = sorted(set(src) - set(cold))
+    assert not missing, f"{len(missing)} rows missing from Iceberg, e.g. {missing[:3]}"
+    assert cold == src
+
+
+def iceberg_rows(ws: Workspace, target: str = "cold.trades") -> int:
+    """Rows committed to Iceberg; 0 when the table was never created or has no snapshot."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        table = ws.iceberg_table(target)
+    except NoSuchTableError:
+        return 0
+    return 0 if table.current_snapshot() is None else table.scan().to_arrow().num_rows
+
+
+def start_once(ws: Workspace) -> subprocess.Popen[str]:
+    """`offloader once` as a subprocess, not waited for."""
+    ws.write_config()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "offloader", "--config", str(ws.config_path), "once"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ws.root,
+    )  # fmt: skip
+
+
+def failed_line(stderr: str, table: str = "trades") -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.startswith(f"{table}: FAILED:")]
+    assert len(lines) == 1, f"expected one failure line for {table}, stderr:\n{stderr}"
+    return lines[0]
+
+
+def seed(ws: Workspace, rows: int) -> None:
+    """Create and fill k2.trades with the test's own chDB handle, before the endpoint owns the directory."""
+    ws.tables = [trades_table()]
+    ws.create_trades()
+    ws.insert_trades(rows, start="2026-01-01 00:00:00", step_us=1000)
+    ws.release()
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def test_endpoint_speaks_what_offloader_uses(ws: Workspace, endpoint: Endpoint) -> None:
+    """Over the endpoint, clickhouse-connect does DDL, INSERT ... SELECT, Native and Arrow queries, a streamed ArrowStream, server-side parameters and errors."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from offloader.config import SourceConfig
+    from offloader.errors import SourceError
+    from offloader.source import HttpEngine
+
+    ws.chdb_path.mkdir(parents=True)
+    endpoint.start()
+    endpoint.client(database="").command("CREATE DATABASE IF NOT EXISTS k2")  # the DSN's database must exist
+    client = endpoint.client()
+    client.command("CREATE TABLE k2.t (ts DateTime64(6, 'UTC'), n UInt64, s String) ENGINE = MergeTree ORDER BY (ts, n)")
+    client.command(
+        "INSERT INTO k2.t SELECT toDateTime64('2026-01-01 00:00:00', 6, 'UTC') + toIntervalMicrosecond(number), number, "
+        "toString(number) FROM numbers({n:UInt64})",
+        parameters={"n": 300_000},
+    )
+    assert client.database == "k2"
+    assert client.query("SELECT currentDatabase(), count() FROM t").result_rows == [("k2", 300_000)]
+    counted = client.query_arrow(
+        "SELECT count() AS c FROM t WHERE ts <= {hi:DateTime64(9, 'UTC')}", parameters={"hi": "2026-01-01 00:00:00.000999"}
+    )
+    assert counted.column("c").to_pylist() == [1000]
+    tricky = "tab\there 'quote' back\\slash\nline `tick`"
+    assert client.query("SELECT {s:String}", parameters={"s": tricky}).result_rows == [(tricky,)]
+    assert client.query("SELECT name FROM system.tables WHERE database = {db:String}", parameters={"db": "k2"}).result_rows == [("t",)]
+
+    with client.query_arrow_stream("SELECT n FROM t ORDER BY n") as stream:
+        pieces = [piece.num_rows for piece in stream]
+    assert sum(pieces) == 300_000 and len(pieces) > 1  # streamed in pieces, all of them
+
+    with pytest.raises(DatabaseError, match=r"Code: 60\..*(Unknown table|does not exist)"):
+        client.query_arrow("SELECT * FROM k2.nosuch")
+    with pytest.raises(DatabaseError, match="UNKNOWN_IDENTIFIER"):
+        client.command("INSERT INTO k2.t SELECT nosuch")
+
+    engine = HttpEngine(SourceConfig(dsn=endpoint.dsn))
+    try:
+        assert engine.rows("SELECT count() FROM t WHERE n < {n:UInt64}", {"n": 10}) == [(10,)]
+        assert sum(batch.num_rows for batch in engine.stream("SELECT * FROM t")) == 300_000
+        with pytest.raises(SourceError, match=r"ClickHouse query failed \(http://default@127.0.0.1:\d+/k2\): .*Code: 60\."):
+            engine.rows("SELECT * FROM nosuch")
+    finally:
+        engine.close()
+    assert endpoint.stop() == 0
+
+
+def test_offload_over_http_is_exact(ws: Workspace, endpoint: Endpoint) -> None:
+    """`offloader once` reading the source over HTTP leaves Iceberg equal to the source row for row, and a re-run adds nothing."""
+    seed(ws, 50_000)
+    ws.source["max_window"] = "10s"
+    endpoint.start()
+    done = ws.run_once()
+    assert done.returncode == 0, done.stderr
+    assert "trades: committed 50,000 rows in 5 window(s)" in done.stdout
+    assert_exact(ws, endpoint, 50_000)
+
+    again = ws.run_once()
+    assert again.returncode == 0, again.stderr
+    assert "trades: nothing new" in again.stdout
+    assert_exact(ws, endpoint, 50_000)
+    assert endpoint.stop() == 0
+
+
+def test_two_runners_at_once_over_http(ws: Workspace, endpoint: Endpoint) -> None:
+    """Two `offloader once` processes started together on the same table: every row lands once, one commits, the other skips or finds nothing new."""
+    seed(ws, 100_000)
+    ws.source["max_window"] = "10s"
+    endpoint.start()
+    runners = [start_once(ws), start_once(ws)]
+    outputs = [runner.communicate(timeout=120) for runner in runners]
+    for runner, (out, err) in zip(runners, outputs, strict=True):
+        assert runner.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    stdouts = sorted((out for out, _ in outputs), key=lambda out: "committed" not in out)
+    assert "trades: committed 100,000 rows in 10 window(s)" in stdouts[0], stdouts
+    assert (
+        "trades: skipped: another runner holds this table's lock" in stdouts[1] or "trades: nothing new" in stdouts[1]
+    ), stdouts
+    assert_exact(ws, endpoint, 100_000)
+    assert len(ws.iceberg_table("cold.trades").snapshots()) == 10
+    assert endpoint.stop() == 0
+
+
+@pytest.mark.parametrize("fault", ["die:1000000", "reset:1000000", "stall:1000000:5"])
+def test_endpoint_failing_mid_stream(ws: Workspace, endpoint: Endpoint, fault: str) -> None:
+    """The endpoint dying, resetting the connection or stalling mid-stream fails the run with one line naming ClickHouse and commits nothing; once it is healthy again a re-run is exact."""
+    seed(ws, 100_000)  # one window of ~7 MB of ArrowStream: the fault fires after 1 MB
+    ws.source["query_timeout"] = "2s"
+    endpoint.start(fault=fault)
+    started = time.monotonic()
+    failed = ws.run_once()
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert time.monotonic() - started < 30
+    line = failed_line(failed.stderr)
+    assert "ClickHouse" in line and endpoint.url.removeprefix("http://") in line, line
+    assert "Traceback" not in failed.stderr
+    assert iceberg_rows(ws) == 0
+
+    if fault.startswith("die"):
+        assert endpoint.wait_exit() == 17  # the endpoint really died mid-stream
+        endpoint.start()  # restarted, on a new port
+    else:
+        assert endpoint.set_fault("").startswith("none")
+    ws.source["query_timeout"] = "60s"
+    rerun = ws.run_once()
+    assert rerun.returncode == 0, rerun.stderr
+    assert "trades: committed 100,000 rows in 1 window(s)" in rerun.stdout
+    assert_exact(ws, endpoint, 100_000)
+    assert endpoint.stop() == 0
+
+
+def test_clickhouse_not_there(ws: Workspace) -> None:
+    """A ClickHouse server that is not there (a closed port) fails the run with exit 1 and a message naming the source and its address, without a traceback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ws.tables = [trades_table()]
+    ws.source_dsn = f"http://default@127.0.0.1:{port}/k2"
+    done = ws.run_once(timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    line = failed_line(done.stderr)
+    assert "ClickHouse" in line and f"127.0.0.1:{port}" in line, line
+    assert "Traceback" not in done.stderr, done.stderr
