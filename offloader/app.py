@@ -158,14 +158,16 @@ class App:
 
     # -- status ------------------------------------------------------------------------------
 
-    def status(self) -> list[TableStatus]:
+    def status(self, tables: Iterable[TableConfig] | None = None, *, with_history: bool = True) -> list[TableStatus]:
+        """Cursor (from the Iceberg marker), lag behind the source, rows in Iceberg, last run."""
         mirrors = self.state.mirrors()
-        runs = self.state.last_runs()
+        runs = self.state.last_runs() if with_history else {}
         out = []
-        for table in self.config.ordered_tables():
+        for table in tables if tables is not None else self.config.ordered_tables():
             problems = []
             cursor = mirrors[table.name].cursor if table.name in mirrors else None
             rows = snapshot = None
+            copied_to = None  # the time up to which Iceberg holds the source's rows
             try:
                 loaded = self.sink.load(table.target)
                 if loaded is not None:
@@ -174,6 +176,8 @@ class App:
                     rows = sink_table.row_count()
                     snapshot = marker.snapshot_id if marker else None
                     cursor = marker.cursor if marker else cursor
+                    if marker is not None and table.mode == "replace":
+                        copied_to = marker.window_hi
                 else:
                     rows = 0
             except OffloaderError as exc:
@@ -182,7 +186,8 @@ class App:
             try:
                 newest = Source(self.engine, table.source_database, table.source_table, table.cursor).newest_time()
                 if newest is not None:
-                    behind = parse_time(Cursor.from_json(cursor).time) if cursor else None
+                    copied_to = copied_to or (Cursor.from_json(cursor).time if cursor else None)
+                    behind = parse_time(copied_to) if copied_to else None
                     lag = (parse_time(newest) - behind).total_seconds() if behind else None
                     lag = max(lag, 0.0) if lag is not None else None
             except OffloaderError as exc:

@@ -59,14 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--table")
     history.add_argument("--limit", type=int, default=20)
 
-    run = sub.add_parser("run", help="the long-running service")
-    run.add_argument("--interval", help='seconds between cycles, e.g. "30s" (default: schedule.interval or 15m)')
+    sub.add_parser("run", help="the long-running service: scheduled cycles, /metrics, /healthz, /readyz, /status")
 
     demo = sub.add_parser("demo", help="the embedded market-data demo")
     demo_sub = demo.add_subparsers(dest="demo_command", required=True, metavar="DEMO_COMMAND")
     seed = demo_sub.add_parser("seed", help="fill the embedded source with market data")
     seed.add_argument("--rows", type=int, default=1_000_000, help="bronze trade rows to add (default 1,000,000)")
     seed.add_argument("--hours", type=float, default=6.0, help="hours of history the rows span, ending now")
+    live = demo_sub.add_parser("run", help="seed if empty, keep a live trade feed going, and run the service")
+    live.add_argument("--rows", type=int, default=200_000, help="rows to seed when the source is empty")
+    live.add_argument("--interval", default="5s", help='seconds between cycles (default "5s")')
+    live.add_argument("--feed-rows", type=int, default=200, help="trades added every second by the live feed")
 
     mirror = sub.add_parser("mirror", help="the state mirror of the Iceberg cursors")
     mirror_sub = mirror.add_subparsers(dest="mirror_command", required=True, metavar="MIRROR_COMMAND")
@@ -79,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load_config(args.config)
-        log.configure(args.log_level or config.logging.level, config.logging.format)
+        service = args.command == "run" or (args.command == "demo" and args.demo_command == "run")
+        log.configure(args.log_level or config.logging.level, config.logging.format, sys.stdout if service else sys.stderr)
         return _dispatch(args, config)
     except ConfigError as exc:
         print(f"offloader: {exc}", file=sys.stderr)
@@ -100,8 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
     from offloader.app import App
 
-    if args.command == "demo":
+    if args.command == "demo" and args.demo_command == "seed":
         return _demo_seed(config, args.rows, args.hours)
+    if args.command == "demo":
+        return _demo_run(config, args)
     app = App(config)
     try:
         if args.command == "once":
@@ -112,7 +118,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         if args.command == "history":
             return _history(app, args.table, args.limit)
         if args.command == "run":
-            return _run_loop(app, config, args.interval)
+            return _serve(app)
         if args.command == "mirror":
             config.table(args.table)
             app.state.delete_mirror(args.table)
@@ -186,23 +192,74 @@ def _history(app: Any, table: str | None, limit: int) -> int:
     return EXIT_OK
 
 
-def _run_loop(app: Any, config: Config, interval_text: str | None) -> int:
-    """Cycles at a fixed interval until SIGTERM/SIGINT."""
-    import signal
+def _serve(app: Any, before_wait: Any = None) -> int:
+    """The service: scheduler and HTTP endpoints until SIGTERM/SIGINT; exit 0 when stopped cleanly."""
+    from offloader.schedule import Service
+    from offloader.server import serve
 
+    service = Service(app)
+    service.install_signal_handlers()
+    server = None
+    if app.config.server.enabled:
+        try:
+            server, _ = serve(service, app.config.server.host, app.config.server.port)
+        except OSError as exc:
+            raise ConfigError(
+                f"server.port = {app.config.server.port}: cannot listen on {app.config.server.host}:{app.config.server.port} ({exc.strerror})"
+            ) from None
+    service.start()
+    if before_wait is not None:
+        before_wait(service)
+    try:
+        service.wait()
+    finally:
+        if server is not None:
+            server.shutdown()
+    return EXIT_OK
+
+
+def _demo_run(config: Config, args: argparse.Namespace) -> int:
+    """Seed if empty, feed live trades into the embedded source, run the service on a short schedule."""
+    import dataclasses
+
+    from offloader import demo
+    from offloader.app import App
     from offloader.config import parse_duration
 
+    if not config.source.embedded:
+        raise ConfigError(f"source.dsn = {config.source.display_dsn!r}: demo run needs the embedded engine (chdb://...)")
     try:
-        interval = parse_duration(interval_text) if interval_text else (config.schedule.interval or 900.0)
+        interval = parse_duration(args.interval)
     except ValueError:
-        raise ConfigError(f'--interval = {interval_text!r}: expected a duration such as "30s" or "5m"') from None
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.is_set():
-        app.run_cycle(stop=stop)
-        stop.wait(interval)
-    return EXIT_OK
+        raise ConfigError(f'--interval = {args.interval!r}: expected a duration such as "5s"') from None
+    config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, interval=max(interval, 1.0)))
+    app = App(config)
+    try:
+        demo.ensure_schema(app.engine)
+        if demo.is_empty(app.engine):
+            print(f"seeding {args.rows:,} trades into {config.source.display_dsn} ...", file=sys.stderr)
+            demo.seed(app.engine, args.rows)
+        stop = threading.Event()
+
+        def feed() -> None:
+            log_ = __import__("structlog").get_logger("offloader")
+            while not stop.wait(1.0):
+                try:
+                    demo.live_batch(app.engine, args.feed_rows)
+                except OffloaderError as exc:
+                    log_.warning("demo_feed_failed", error=str(exc))
+
+        def start_feed(service: Any) -> None:
+            threading.Thread(target=feed, name="offloader-demo-feed", daemon=True).start()
+            where = f"http://{config.server.host}:{config.server.port}"
+            print(f"offloader demo: live feed running; see {where}/status and {where}/metrics (Ctrl-C stops)", file=sys.stderr)
+
+        try:
+            return _serve(app, before_wait=start_feed)
+        finally:
+            stop.set()
+    finally:
+        app.close()
 
 
 def _demo_seed(config: Config, rows: int, hours: float) -> int:

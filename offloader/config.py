@@ -154,6 +154,7 @@ class TableConfig:
     target_file_size: int | None = None
     safety_lag: float | None = None
     max_window: float | None = None
+    cron: str | None = None
 
     @property
     def source_database(self) -> str:
@@ -546,8 +547,8 @@ class _Validator:
         if s.get("interval") is not None:
             interval = self.duration("schedule.interval", s["interval"], 900.0, minimum=1)
         for key in ("cron", "maintenance_cron"):
-            if key in s and (not isinstance(s[key], str) or len(s[key].split()) != 5):
-                self.problem(f"schedule.{key}", s[key], 'expected a 5-field cron expression such as "*/15 * * * *"')
+            if key in s:
+                self.cron(f"schedule.{key}", s[key])
         return ScheduleConfig(
             interval=interval,
             cron=str(s.get("cron", "*/15 * * * *")),
@@ -665,8 +666,21 @@ class _Validator:
             target_file_size=self.size(f"{label}.target_file_size", t.get("target_file_size"), None),
             safety_lag=None if t.get("safety_lag") is None else self.duration(f"{label}.safety_lag", t["safety_lag"], 0),
             max_window=None if t.get("max_window") is None else self.duration(f"{label}.max_window", t["max_window"], 0, 0.001),
+            cron=self.cron(f"{label}.cron", t.get("cron")),
         )
         return table if len(self.problems) == before else None
+
+    def cron(self, key: str, value: Any) -> str | None:
+        if value is None:
+            return None
+        try:
+            from apscheduler.triggers.cron import CronTrigger
+
+            CronTrigger.from_crontab(str(value))
+        except (ValueError, TypeError) as exc:
+            self.problem(key, value, f'expected a 5-field cron expression such as "*/15 * * * *" ({exc})')
+            return None
+        return str(value)
 
     def names(self, key: str, value: Any, required: bool = False, pattern: re.Pattern[str] = IDENTIFIER) -> tuple[str, ...]:
         if value is None:

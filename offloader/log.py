@@ -1,6 +1,7 @@
 """Logging: structlog, JSON lines when not on a terminal, readable console output when on one.
 
-Logs go to stderr, so that command output on stdout (``status --json``) stays clean. Event
+The service (``run``, ``demo run``) logs to stdout, as containers expect; the one-shot
+commands log to stderr, so that their output on stdout (``status --json``) stays clean. Event
 names are stable (``offload_committed``, ``window_verified``, ``table_failed``) and every
 line of a table run carries ``table`` and ``run_id``.
 """

@@ -60,6 +60,7 @@ class Marker:
     commit_id: str
     snapshot_id: int
     source_rows: int
+    window_hi: str | None = None
 
 
 @dataclass
@@ -233,6 +234,7 @@ class SinkTable:
                     commit_id=props.get(COMMIT_KEY, ""),
                     snapshot_id=snapshot.snapshot_id,
                     source_rows=int(props.get(ROWS_KEY, "0")),
+                    window_hi=props.get(HI_KEY),
                 )
         return None
 
