@@ -1,0 +1,251 @@
+"""The service as a real daemon subprocess on a fast schedule, against chDB and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from conftest import ROOT, Workspace, trades_table
+
+SENTINEL = "s3ntinel-Pa55-do-not-log"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 90, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (OSError, urllib.error.URLError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text, 0 when absent."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        sample, _, label_text = head.partition("{")
+        if sample == name and ",".join(sorted(label_text.rstrip("}").split(","))) == want:
+            return float(value)
+    return 0.0
+
+
+@contextmanager
+def daemon(ws: Workspace, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    ws.release()
+    ws.write_config()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "offloader", "--config", str(ws.config_path), "run"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def service_ws(ws: Workspace, interval: str = "2s") -> int:
+    port = free_port()
+    ws.schedule.update(interval=interval, shutdown_timeout="30s")
+    ws.server.update(port=port)
+    return port
+
+
+def iceberg_rows(ws: Workspace, target: str) -> int:
+    try:
+        return int(ws.iceberg_arrow(target).num_rows)
+    except Exception:
+        return 0
+
+
+def test_daemon_offloads_and_metrics_match_what_was_offloaded(ws: Workspace) -> None:
+    """Rows appear in Iceberg on schedule, and /metrics, /healthz, /readyz and /status agree with them."""
+    port = service_ws(ws)
+    ws.tables = [trades_table(), trades_table("trades2", source="k2.trades2", target="cold.trades2")]
+    ws.create_trades()
+    ws.create_trades("trades2")
+    ws.insert_trades(3000, start="2026-01-01 00:00:00")
+    ws.insert_trades(1234, start="2026-01-01 00:00:00", table="k2.trades2")
+    with daemon(ws) as proc:
+        wait_for(lambda: iceberg_rows(ws, "cold.trades") == 3000 and iceberg_rows(ws, "cold.trades2") == 1234, what="rows")
+        text = wait_for(
+            lambda: (
+                (t := get(port, "/metrics")[1])
+                and metric(t, "offloader_rows_total", table="trades2", layer="bronze") == 1234
+                and t
+            ),
+            what="metrics",
+        )
+        assert metric(text, "offloader_rows_total", table="trades", layer="bronze") == 3000
+        assert metric(text, "offloader_files_written_total", table="trades") >= 1
+        assert metric(text, "offloader_bytes_written_total", table="trades") > 0
+        assert metric(text, "offloader_consecutive_failures", table="trades") == 0
+        assert metric(text, "offloader_last_success_timestamp_seconds", table="trades") > time.time() - 300
+        assert metric(text, "offloader_watermark_timestamp_seconds", table="trades") == pytest.approx(1767225602.999, abs=0.01)
+        assert metric(text, "offloader_build_info", version="0.1.0") == 1
+        assert metric(text, "offloader_cycle_duration_seconds_count") >= 1
+        assert get(port, "/healthz")[0] == 200
+        assert get(port, "/readyz") == (200, "ready\n")
+        code, body = get(port, "/status")
+        assert code == 200 and '"iceberg_rows": 3000' in body and '"next_run"' in body
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
+def test_a_failing_table_does_not_block_siblings_and_its_dependents_are_skipped(ws: Workspace) -> None:
+    """A failing table leaves its siblings offloading; its dependents are skipped each cycle, and errors are counted."""
+    port = service_ws(ws)
+    ws.tables = [
+        trades_table(),
+        trades_table("broken", source="k2.missing", target="cold.broken"),
+        trades_table("child", source="k2.trades", target="cold.child", layer="silver", depends_on=["broken"]),
+    ]
+    ws.create_trades()
+    ws.insert_trades(500, start="2026-01-01 00:00:00")
+    with daemon(ws) as proc:
+        wait_for(lambda: iceberg_rows(ws, "cold.trades") == 500, what="sibling rows")
+        text = wait_for(
+            lambda: (t := get(port, "/metrics")[1]) and metric(t, "offloader_consecutive_failures", table="broken") >= 2 and t,
+            what="failures counted",
+        )
+        assert metric(text, "offloader_errors_total", table="broken", error_type="schema_error") >= 2
+        assert metric(text, "offloader_rows_total", table="child", layer="silver") == 0
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert '"event": "table_skipped"' in out and "upstream broken did not complete this cycle" in out
+    assert iceberg_rows(ws, "cold.child") == 0
+
+
+def test_sigterm_during_a_cycle_exits_cleanly_and_the_next_start_resumes_exactly(ws: Workspace) -> None:
+    """SIGTERM mid-cycle exits 0 with no partial commit; the next start resumes exactly where it stopped."""
+    port = service_ws(ws)
+    ws.source["max_window"] = "1m"
+    ws.tables = [trades_table()]
+    ws.create_trades()
+    ws.insert_trades(60_000, start="2026-01-01 00:00:00", step_us=20_000)  # 20 minutes: 20 windows
+    with daemon(ws) as proc:
+        wait_for(lambda: iceberg_rows(ws, "cold.trades") > 0, what="first window")
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and time.monotonic() - started < 30
+    assert '"event": "service_stopped"' in out
+    table = ws.iceberg_table("cold.trades")
+    committed = table.scan().to_arrow().num_rows
+    summaries = [s.summary.additional_properties for s in table.snapshots()]
+    assert committed == sum(int(p["offloader.source-rows"]) for p in summaries), "every snapshot is a whole window"
+    assert committed < 60_000, "the stop came mid-cycle"
+    with daemon(ws) as proc:
+        wait_for(lambda: iceberg_rows(ws, "cold.trades") == 60_000, what="the rest", timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    from test_offload import assert_exact
+
+    assert_exact(ws)
+
+
+def test_healthz_turns_503_when_the_scheduler_is_wedged_or_stopped(ws: Workspace) -> None:
+    """/healthz answers 200 while the scheduler ticks, 503 once it stops ticking (paused) and when it is shut down."""
+    from offloader.schedule import Service
+    from offloader.server import serve
+
+    ws.tables = [trades_table()]
+    ws.schedule.update(interval="1h", run_at_start=False)
+    ws.create_trades()
+    app = ws.app()
+    service = Service(app)
+    service.health_timeout = 2.0
+    server, _ = serve(service, "127.0.0.1", 0)
+    port = server.server_address[1]
+    try:
+        service.start()
+        wait_for(lambda: get(port, "/healthz")[0] == 200, what="healthy", timeout=20)
+        service.scheduler.pause()  # the scheduler thread stops running jobs: wedged
+        code, body = wait_for(lambda: (r := get(port, "/healthz"))[0] == 503 and r, what="503 when wedged", timeout=20)
+        assert body == "scheduler not running\n"
+        service.scheduler.resume()
+        wait_for(lambda: get(port, "/healthz")[0] == 200, what="healthy again", timeout=20)
+        service.shutdown()
+        assert get(port, "/healthz")[0] == 503
+    finally:
+        server.shutdown()
+        app.close()
+
+
+def test_readyz_names_the_part_that_does_not_answer(ws: Workspace, tmp_path: Any) -> None:
+    """/readyz is 503 naming the state store when it does not answer, 200 when everything does."""
+    from offloader.schedule import Service
+    from offloader.server import serve
+
+    ws.tables = [trades_table()]
+    ws.create_trades()
+    app = ws.app()
+    service = Service(app)
+    server, _ = serve(service, "127.0.0.1", 0)
+    port = server.server_address[1]
+    try:
+        assert get(port, "/readyz") == (200, "ready\n")
+        from offloader.config import StateConfig
+        from offloader.state import StateStore
+
+        app.state = StateStore(StateConfig(dsn="postgresql://nobody@127.0.0.1:1/none"))
+        assert get(port, "/readyz") == (503, "not ready: state\n")
+    finally:
+        server.shutdown()
+        app.close()
+
+
+def test_no_secret_reaches_logs_metrics_or_endpoints(ws: Workspace) -> None:
+    """A sentinel password planted in the environment never appears in any output or endpoint, even on failure."""
+    port = service_ws(ws)
+    ws.tables = [trades_table(), trades_table("broken", source="k2.missing", target="cold.broken")]
+    ws.create_trades()
+    ws.insert_trades(100, start="2026-01-01 00:00:00")
+    env = {"OFFLOADER__STATE__PASSWORD": SENTINEL, "OFFLOADER__CATALOG__PASSWORD": SENTINEL, "OFFLOADER__LOGGING__LEVEL": "debug"}
+    with daemon(ws, env) as proc:
+        wait_for(lambda: iceberg_rows(ws, "cold.trades") == 100, what="rows")
+        bodies = [get(port, path)[1] for path in ("/metrics", "/healthz", "/readyz", "/status", "/nope")]
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "offloader", "--config", str(ws.config_path), "status", "--json"],
+        capture_output=True, text=True, env={**os.environ, **env}, cwd=ROOT,
+    )  # fmt: skip
+    for text in [out, err, status.stdout, status.stderr, *bodies]:
+        assert SENTINEL not in text
+    assert '"event": "offload_committed"' in out
