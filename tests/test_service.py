@@ -153,7 +153,7 @@ def test_a_failing_table_does_not_block_siblings_and_its_dependents_are_skipped(
 
 def test_sigterm_during_a_cycle_exits_cleanly_and_the_next_start_resumes_exactly(ws: Workspace) -> None:
     """SIGTERM mid-cycle exits 0 with no partial commit; the next start resumes exactly where it stopped."""
-    port = service_ws(ws)
+    service_ws(ws)
     ws.source["max_window"] = "1m"
     ws.tables = [trades_table()]
     ws.create_trades()
