@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -136,10 +137,10 @@ def main() -> None:
 
     export_s, export_bytes, arrow_bytes = native_export(chdb_dir, work / "native.parquet")
 
-    catalog_uri = f"sqlite:///{work}/catalog.db" if args.catalog == "sqlite" else args.pg
-    state_dsn = f"sqlite:///{work}/state.db" if args.catalog == "sqlite" else args.pg
     if args.catalog == "postgres":
-        _reset_pg(args.pg)
+        catalog_uri = state_dsn = _reset_pg(args.pg)
+    else:
+        catalog_uri, state_dsn = f"sqlite:///{work}/catalog.db", f"sqlite:///{work}/state.db"
     config = work / "offloader.toml"
     config.write_text(
         f'[source]\ndsn = "chdb://{chdb_dir}"\nsafety_lag = "0s"\nmax_window = "{int(args.hours) + 1}h"\n'
@@ -149,8 +150,10 @@ def main() -> None:
         'layer = "bronze"\ncursor = ["ingestion_timestamp", "sequence_number"]\npartition_by = ["day(exchange_timestamp)"]\n'
     )
     once_s, peak_rss, stdout = run_once(config)
-    idle_s, _, idle_out = run_once(config)
-    assert "nothing new" in idle_out, idle_out
+    idle_process_s, _, idle_out = run_once(config)
+    match = re.search(r"nothing new \(([0-9.]+)s\)", idle_out)
+    assert match, idle_out
+    idle_s = float(match.group(1))
     data_bytes = sum(f.stat().st_size for f in warehouse.rglob("*.parquet"))
     results = {
         "rows": args.rows,
@@ -165,6 +168,7 @@ def main() -> None:
         "offloader_peak_rss_mib": round(peak_rss / 2**20, 1),
         "offloader_vs_native": round(export_s / once_s, 3),
         "idle_cycle_seconds_per_table": round(idle_s, 3),
+        "idle_once_process_seconds": round(idle_process_s, 3),
         "iceberg_data_bytes": data_bytes,
         "arrow_in_memory_bytes": arrow_bytes,
         "compression_ratio_vs_arrow": round(arrow_bytes / max(data_bytes, 1), 2),
@@ -181,15 +185,17 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _reset_pg(dsn: str) -> None:
+def _reset_pg(dsn: str) -> str:
+    """A fresh database ``offloader_bench`` on the server of ``dsn``; its DSN."""
     import psycopg2
 
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
-        for table in ("iceberg_tables", "iceberg_namespace_properties", "offloader_watermarks", "offloader_runs"):
-            cur.execute(f"DROP TABLE IF EXISTS {table}")
+        cur.execute("DROP DATABASE IF EXISTS offloader_bench WITH (FORCE)")
+        cur.execute("CREATE DATABASE offloader_bench")
     conn.close()
+    return dsn.rsplit("/", 1)[0] + "/offloader_bench"
 
 
 if __name__ == "__main__":

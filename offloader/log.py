@@ -38,3 +38,6 @@ def configure(level: str = "info", fmt: str = "auto", stream: IO[str] | None = N
     )
     # Libraries log through the standard library: keep them quiet unless debugging.
     logging.basicConfig(level=logging.WARNING if level != "debug" else logging.DEBUG, stream=stream)
+    # Their retries and driver warnings are reported by offloader itself, once, as events.
+    for name in ("urllib3", "clickhouse_connect", "pyiceberg", "apscheduler"):
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.ERROR)

@@ -116,6 +116,7 @@ class Service:
         finally:
             self.metrics.cycle_duration.observe(time.perf_counter() - started)
             self.cycles_done += 1
+            _give_back_memory()
             self._idle.set()
 
     def _update_lag(self, tables: list[TableConfig]) -> None:
@@ -170,3 +171,19 @@ class Service:
         finished = self._idle.wait(self.config.schedule.shutdown_timeout)
         self.log.info("service_stopped", clean=finished)
         return finished
+
+
+def _give_back_memory() -> None:
+    """Return the memory a cycle's Arrow buffers used to the system, so an idle service stays small."""
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:  # glibc keeps freed heap in its arenas; hand it back (Linux only, harmless elsewhere)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

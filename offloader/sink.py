@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -95,10 +96,16 @@ class Sink:
         from pyiceberg.catalog import load_catalog
 
         self.config = config
-        try:
-            self.catalog = load_catalog(config.name, **_catalog_properties(config))
-        except Exception as exc:
-            raise CatalogError(f"cannot open the Iceberg catalog {config.name!r}: {_first_line(exc)}") from exc
+        for attempt in range(3):
+            try:
+                self.catalog = load_catalog(config.name, **_catalog_properties(config))
+                break
+            except Exception as exc:
+                # PyIceberg creates the SQL catalog's own tables check-then-create: two
+                # processes starting together on a new database can collide once.
+                if attempt == 2:
+                    raise CatalogError(f"cannot open the Iceberg catalog {config.name!r}: {_first_line(exc)}") from exc
+                time.sleep(0.2 * (attempt + 1))
 
     def ping(self) -> None:
         try:

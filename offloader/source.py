@@ -221,8 +221,21 @@ def read_ahead(batches: Iterator[pa.RecordBatch], depth: int = 8) -> Iterator[pa
                 thread.join(0.05)
 
 
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0", "'": "\\'"})
+
+
 def _param_strings(params: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: (str(v) if not isinstance(v, str | int | float) else v) for k, v in (params or {}).items()}
+    """Query parameters as chDB takes them: text escaped the way the server parses it.
+
+    Over HTTP clickhouse-connect does this; chDB takes the text as is, so a backslash, tab
+    or newline in a value would otherwise be read differently by the two engines.
+    """
+    out: dict[str, Any] = {}
+    for key, value in (params or {}).items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            value = str(value).translate(_ESCAPES)
+        out[key] = value
+    return out
 
 
 def _first_line(exc: BaseException) -> str:

@@ -104,7 +104,17 @@ STREAMABLE = {
     "CSVWithNamesAndTypes", "JSONEachRow", "JSONCompactEachRow", "JSONStringsEachRow", "RowBinary",
     "RowBinaryWithNames", "RowBinaryWithNamesAndTypes",
 }  # fmt: skip
-BINARY = {"Native", "ArrowStream", "Arrow", "Parquet", "ORC", "Avro", "RowBinary", "RowBinaryWithNames", "RowBinaryWithNamesAndTypes"}
+BINARY = {
+    "Native",
+    "ArrowStream",
+    "Arrow",
+    "Parquet",
+    "ORC",
+    "Avro",
+    "RowBinary",
+    "RowBinaryWithNames",
+    "RowBinaryWithNamesAndTypes",
+}
 READ_KEYWORDS = {"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS", "VALUES"}
 
 _FORMAT_AT_END = re.compile(r"^(?P<sql>.*?)\s+FORMAT\s+(?P<fmt>[A-Za-z][A-Za-z0-9_]*)\s*;?\s*$", re.S | re.I)
@@ -275,7 +285,9 @@ class _Body:
         if fault.kind == "die":
             os._exit(17)
         if fault.kind == "reset":
+            # Linger 0 and an immediate close of the descriptor: the kernel sends RST, no FIN.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            os.close(sock.detach())
         else:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -422,9 +434,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _insert(self, conn: Any, sql: str, fmt: str, data: Iterator[bytes], query_params: dict[str, str]) -> None:
         if query_params:
-            raise ClickHouseError(48, "Code: 48. DB::Exception: chhttp: query parameters in INSERT ... FORMAT are not supported. (NOT_IMPLEMENTED)")
+            raise ClickHouseError(
+                48, "Code: 48. DB::Exception: chhttp: query parameters in INSERT ... FORMAT are not supported. (NOT_IMPLEMENTED)"
+            )
         if self.headers.get("Content-Encoding", "identity") != "identity":
-            raise ClickHouseError(48, "Code: 48. DB::Exception: chhttp: compressed request bodies are not supported. (NOT_IMPLEMENTED)")
+            raise ClickHouseError(
+                48, "Code: 48. DB::Exception: chhttp: compressed request bodies are not supported. (NOT_IMPLEMENTED)"
+            )
         started = time.monotonic()
         try:
             inserter = conn.send_insert(sql, fmt)
@@ -488,7 +504,17 @@ class _Handler(BaseHTTPRequestHandler):
             except Exception as exc:
                 error = ClickHouseError.wrap(exc)
                 message = f"{error.message} (version {self.server.version})".encode()
-                body.write(b"__exception__\r\n" + tag.encode() + b"\r\n" + message + b"\n" + str(len(message)).encode() + b" " + tag.encode() + b"\r\n__exception__\r\n")
+                body.write(
+                    b"__exception__\r\n"
+                    + tag.encode()
+                    + b"\r\n"
+                    + message
+                    + b"\n"
+                    + str(len(message)).encode()
+                    + b" "
+                    + tag.encode()
+                    + b"\r\n__exception__\r\n"
+                )
             body.finish()
         finally:
             try:
@@ -548,14 +574,18 @@ class _ArrowReframer:
 
     def feed(self, data: bytes) -> memoryview:
         if not data.startswith(_ARROW_CONTINUATION) or not data.endswith(_ARROW_EOS):
-            raise ClickHouseError(1001, "Code: 1001. DB::Exception: chhttp: unexpected ArrowStream chunk from chDB. (STD_EXCEPTION)")
+            raise ClickHouseError(
+                1001, "Code: 1001. DB::Exception: chhttp: unexpected ArrowStream chunk from chDB. (STD_EXCEPTION)"
+            )
         schema_end = 8 + int.from_bytes(data[4:8], "little")
         view = memoryview(data)
         if self.schema is None:
             self.schema = bytes(view[:schema_end])
             return view[:-8]
         if view[:schema_end] != self.schema:
-            raise ClickHouseError(1001, "Code: 1001. DB::Exception: chhttp: ArrowStream chunks with different schemas. (STD_EXCEPTION)")
+            raise ClickHouseError(
+                1001, "Code: 1001. DB::Exception: chhttp: ArrowStream chunks with different schemas. (STD_EXCEPTION)"
+            )
         return view[schema_end:-8]
 
 

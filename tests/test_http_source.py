@@ -115,10 +115,16 @@ class Endpoint:
             client.close()
         self._clients.clear()
 
+    def fault_status(self) -> tuple[str, int]:
+        """The endpoint's fault spec (or "none") and how many times it fired."""
+        with urllib.request.urlopen(f"{self.url}/_chhttp/fault", timeout=5) as response:  # noqa: S310 - http on loopback
+            spec, fired = response.read().decode().split()
+        return spec, int(fired)
+
     def set_fault(self, spec: str) -> str:
         """Set (or clear, with "") the endpoint's fault at run time; returns '<spec> <times fired>'."""
-        request = urllib.request.Request(f"{self.url}/_chhttp/fault", data=spec.encode(), method="POST")
-        with urllib.request.urlopen(request, timeout=5) as response:
+        request = urllib.request.Request(f"{self.url}/_chhttp/fault", data=spec.encode(), method="POST")  # noqa: S310
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - http on loopback
             return response.read().decode().strip()
 
 
@@ -218,7 +224,9 @@ def test_endpoint_speaks_what_offloader_uses(ws: Workspace, endpoint: Endpoint) 
     assert counted.column("c").to_pylist() == [1000]
     tricky = "tab\there 'quote' back\\slash\nline `tick`"
     assert client.query("SELECT {s:String}", parameters={"s": tricky}).result_rows == [(tricky,)]
-    assert client.query("SELECT name FROM system.tables WHERE database = {db:String}", parameters={"db": "k2"}).result_rows == [("t",)]
+    assert client.query("SELECT name FROM system.tables WHERE database = {db:String}", parameters={"db": "k2"}).result_rows == [
+        ("t",)
+    ]
 
     with client.query_arrow_stream("SELECT n FROM t ORDER BY n") as stream:
         pieces = [piece.num_rows for piece in stream]
@@ -268,9 +276,7 @@ def test_two_runners_at_once_over_http(ws: Workspace, endpoint: Endpoint) -> Non
         assert runner.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
     stdouts = sorted((out for out, _ in outputs), key=lambda out: "committed" not in out)
     assert "trades: committed 100,000 rows in 10 window(s)" in stdouts[0], stdouts
-    assert (
-        "trades: skipped: another runner holds this table's lock" in stdouts[1] or "trades: nothing new" in stdouts[1]
-    ), stdouts
+    assert "trades: skipped: another runner holds this table's lock" in stdouts[1] or "trades: nothing new" in stdouts[1], stdouts
     assert_exact(ws, endpoint, 100_000)
     assert len(ws.iceberg_table("cold.trades").snapshots()) == 10
     assert endpoint.stop() == 0
@@ -295,6 +301,7 @@ def test_endpoint_failing_mid_stream(ws: Workspace, endpoint: Endpoint, fault: s
         assert endpoint.wait_exit() == 17  # the endpoint really died mid-stream
         endpoint.start()  # restarted, on a new port
     else:
+        assert endpoint.fault_status()[1] >= 1  # the run failed because the fault fired mid-stream
         assert endpoint.set_fault("").startswith("none")
     ws.source["query_timeout"] = "60s"
     rerun = ws.run_once()
