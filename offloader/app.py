@@ -184,9 +184,9 @@ class App:
                 problems.append(str(exc).splitlines()[0])
             newest = lag = None
             try:
-                newest = Source(self.engine, table.source_database, table.source_table, table.cursor).newest_time()
+                copied_to = copied_to or (Cursor.from_json(cursor).time if cursor else None)
+                newest = Source(self.engine, table.source_database, table.source_table, table.cursor).newest_time(copied_to)
                 if newest is not None:
-                    copied_to = copied_to or (Cursor.from_json(cursor).time if cursor else None)
                     behind = parse_time(copied_to) if copied_to else None
                     lag = (parse_time(newest) - behind).total_seconds() if behind else None
                     lag = max(lag, 0.0) if lag is not None else None

@@ -390,11 +390,18 @@ class Source:
         )
         return int(count), (str(first) if count else None)
 
-    def newest_time(self) -> str | None:
-        """The newest time-column value in the source (for the lag metric)."""
+    def newest_time(self, since: str | None = None) -> str | None:
+        """The newest time-column value in the source (for the lag metric).
+
+        ``since`` (the committed cursor time) bounds the scan, so that the primary key
+        index keeps it cheap on a big table; with no row after it, the answer is ``since``.
+        """
         time_col = quote(self.cursor[0])
-        ((count, newest),) = self.engine.rows(f"SELECT count(), toString(max({time_col}), 'UTC') FROM {self.relation}")
-        return str(newest) if count else None
+        where, params = (f" WHERE {time_col} >= {{since:{TS_PARAM}}}", {"since": since}) if since else ("", {})
+        ((count, newest),) = self.engine.rows(
+            f"SELECT count(), toString(max({time_col}), 'UTC') FROM {self.relation}{where}", params
+        )
+        return str(newest) if count else since
 
     def window_end(self, first: str, max_window: float, hi: str) -> str:
         """The inclusive end of a window starting at ``first``: no longer than ``max_window``."""
