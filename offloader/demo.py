@@ -28,6 +28,11 @@ bronze and at or before the server's ``now64()``; sequence numbers continue from
 maximum and prices from the last daily close. So a second seed soon after the first packs its
 rows into the time in between, and an offloader that already exported the old rows never
 receives a late row. Time always comes from the server clock.
+
+Every function takes an engine with ``command`` and ``rows`` (:class:`Engine`); ``seed`` and
+``live_batch`` expect :func:`ensure_schema` to have run. Values travel as scalar query
+parameters only (a list as comma-separated text, split in SQL): the engines format array
+parameters differently.
 """
 
 from __future__ import annotations
@@ -464,23 +469,13 @@ def _tail(engine: Engine) -> _Tail:
     return _Tail(now_us, last_ingestion, next_seq, {str(symbol): float(price) for symbol, price in closes})
 
 
-def _append(engine: Engine, rows: int, span_s: float, seed: int | None, progress: Callable[[int, int], None] | None) -> int:
-    """Append ``rows`` bronze trades over the last ``span_s`` seconds, after every existing row."""
-    if rows <= 0:
-        return 0
-    tail = _tail(engine)
-    end_us = tail.now_us - 1000  # exchange times end 1 ms before now; ingestion is capped at now
-    lo_us = tail.now_us - int(span_s * 1e6)
-    if tail.last_ingestion_us is not None:
-        lo_us = max(lo_us, (tail.last_ingestion_us // 1000 + 1) * 1000)
-    span_us = end_us - lo_us
-    if span_us < 1000:  # the server clock has not moved past the newest rows yet
-        return 0
-    step_us = max(1_000_000, math.ceil(span_us / 50_000))
+def _walk_params(tail: _Tail, lo_us: int, span_us: int, seed: int) -> dict[str, Any]:
+    """The parameters every INSERT of one seed shares: symbols, the walk's grid, the clock."""
+    step_us = max(1000, math.ceil(span_us / 20_000))  # at most 20k steps per symbol, at least 1 ms each
     weights = [sum(s.weight for s in SYMBOLS[: i + 1]) for i in range(len(SYMBOLS))]
     weights[-1] = 1.0
-    params: dict[str, Any] = {
-        "seed": secrets.randbits(63) if seed is None else seed,
+    return {
+        "seed": seed,
         "symbols": _listed(s.name for s in SYMBOLS),
         "weights": _listed(weights),
         "start": _listed(tail.last_price.get(s.name, s.price) for s in SYMBOLS),
@@ -495,29 +490,41 @@ def _append(engine: Engine, rows: int, span_s: float, seed: int | None, progress
         "max_latency_us": float(MAX_LATENCY_US),
         "alpha": FILLS_ALPHA,
     }
+
+
+def _append(engine: Engine, rows: int, span_s: float, seed: int | None, progress: Callable[[int, int], None] | None) -> int:
+    """Append ``rows`` bronze trades over the last ``span_s`` seconds, after every existing row."""
+    if rows <= 0:
+        return 0
+    tail = _tail(engine)
+    end_us = tail.now_us - 1000  # exchange times end 1 ms before now; ingestion is capped at now
+    lo_us = tail.now_us - int(span_s * 1e6)
+    if tail.last_ingestion_us is not None:
+        lo_us = max(lo_us, (tail.last_ingestion_us // 1000 + 1) * 1000)
+    span_us = end_us - lo_us
+    if span_us < 1000:  # the server clock has not moved past the newest rows yet
+        return 0
+    shared = _walk_params(tail, lo_us, span_us, secrets.randbits(63) if seed is None else seed)
     next_seq = dict(tail.next_seq)
-    chunks = _split(rows, [1 / math.ceil(rows / CHUNK_ROWS)] * math.ceil(rows / CHUNK_ROWS))
+    count = math.ceil(rows / CHUNK_ROWS)
     done = 0
-    for c, chunk in enumerate(chunks):
-        c_lo, c_hi = lo_us + span_us * c // len(chunks), lo_us + span_us * (c + 1) // len(chunks)
+    for c, chunk in enumerate(_split(rows, [1 / count] * count)):
+        c_lo, c_hi = lo_us + span_us * c // count, lo_us + span_us * (c + 1) // count
         for x, (exchange, n) in enumerate(zip(EXCHANGES, _split(chunk, [VENUES[e].share for e in EXCHANGES]), strict=True)):
             if n == 0:
                 continue
             venue = VENUES[exchange]
-            engine.command(
-                _insert_sql(exchange),
-                params
-                | {
-                    "salt": c * len(EXCHANGES) + x + 1,
-                    "n": n,
-                    "max_fills": min(MAX_FILLS, max(20, n // 50)),
-                    "seq0": next_seq[exchange],
-                    "lo_us": c_lo,
-                    "span_us": c_hi - c_lo,
-                    "basis": venue.basis,
-                    "half_spread": venue.half_spread,
-                },
-            )
+            own = {
+                "salt": c * len(EXCHANGES) + x + 1,
+                "n": n,
+                "max_fills": min(MAX_FILLS, max(20, n // 50)),
+                "seq0": next_seq[exchange],
+                "lo_us": c_lo,
+                "span_us": c_hi - c_lo,
+                "basis": venue.basis,
+                "half_spread": venue.half_spread,
+            }
+            engine.command(_insert_sql(exchange), shared | own)
             next_seq[exchange] += n
         done += chunk
         if progress is not None:
