@@ -106,6 +106,7 @@ def test_daemon_offloads_and_metrics_match_what_was_offloaded(ws: Workspace) -> 
             lambda: (
                 (t := get(port, "/metrics")[1])
                 and metric(t, "offloader_rows_total", table="trades2", layer="bronze") == 1234
+                and metric(t, "offloader_cycle_duration_seconds_count") >= 1
                 and t
             ),
             what="metrics",
