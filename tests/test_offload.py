@@ -408,7 +408,9 @@ def test_metadata_left_by_a_lost_commit_is_pruned_for_path_based_readers(ws: Wor
     loser = current.parent / f"{version + 1:05d}-{uuid.uuid4()}.metadata.json"
     body = json.loads(current.read_text())
     body["current-snapshot-id"] = 1
-    body["snapshots"].append(dict(body["snapshots"][-1], **{"snapshot-id": 1, "manifest-list": str(current.parent / "gone.avro")}))
+    body["snapshots"].append(
+        dict(body["snapshots"][-1], **{"snapshot-id": 1, "manifest-list": str(current.parent / "gone.avro")})
+    )
     loser.write_text(json.dumps(body))
     ws.insert_trades(50, start="2026-01-01 01:00:00", first_seq=100)
     (result,) = app.run_cycle()
@@ -416,3 +418,38 @@ def test_metadata_left_by_a_lost_commit_is_pruned_for_path_based_readers(ws: Wor
     assert not loser.exists(), "the lost commit's metadata file was pruned"
     assert_exact(ws)
     app.close()
+
+
+def test_random_sigkills_then_rerun_is_exact(ws: Workspace) -> None:
+    """`offloader once` SIGKILLed at random moments, again and again with new rows arriving, ends exact after a re-run."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    rng = random.Random(20261123)
+    ws.tables = [trades_table()]
+    ws.source["max_window"] = "2m"
+    ws.create_trades()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
+    first = 0
+    for round_ in range(6):
+        ws.insert_trades(40_000, start=f"2026-01-01 0{round_}:00:00", step_us=20_000, first_seq=first)
+        first += 40_000
+        ws.release()
+        ws.write_config()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "offloader", "--config", str(ws.config_path), "once"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
+        )  # fmt: skip
+        time.sleep(rng.uniform(1.0, 4.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    final = ws.run_once()
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert_exact(ws)
