@@ -1,0 +1,219 @@
+"""The composition root: where config becomes objects, and a cycle runs tables in order.
+
+Only here are the concrete adapters built (ClickHouse engine, Iceberg sink, state store).
+:meth:`App.run_cycle` runs tables in dependency order (bronze, silver, gold); a table whose
+upstream failed this cycle is skipped and says why. :meth:`App.status` gathers what an
+operator asks first: cursor, lag, rows in Iceberg, last run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from offloader import source as source_mod
+from offloader.config import Config, TableConfig
+from offloader.errors import OffloaderError
+from offloader.offload import Observer, TableOffload, TableResult
+from offloader.sink import Sink, SinkTable
+from offloader.source import Cursor, Source, parse_time
+from offloader.state import StateStore
+
+
+@dataclass
+class TableStatus:
+    table: str
+    layer: str
+    target: str
+    cursor: list[Any] | None
+    source_newest: str | None
+    lag_seconds: float | None
+    iceberg_rows: int | None
+    snapshot_id: int | None
+    last_run: dict[str, Any] | None
+    problem: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class App:
+    """offloader wired from one Config."""
+
+    def __init__(self, config: Config, *, engine: source_mod.Engine | None = None) -> None:
+        self.config = config
+        if config.data_dir is not None:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log = structlog.get_logger("offloader")
+        self.state = StateStore(config.state)
+        self.state.migrate()
+        self.sink = Sink(config.catalog)
+        self._engine = engine
+        self._owns_engine = engine is None
+        self._engine_lock = threading.Lock()
+
+    @property
+    def engine(self) -> source_mod.Engine:
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = source_mod.connect(self.config.source)
+            return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None and self._owns_engine:
+            self._engine.close()
+        self._engine = None
+        self.state.close()
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run_table(self, table: TableConfig, observer: Observer | None = None, stop: threading.Event | None = None) -> TableResult:
+        """One run of one table, retrying transient errors with backoff (``[schedule] retry_*``)."""
+        policy = self.config.schedule
+        stop = stop or threading.Event()
+        attempt = 1
+        while True:
+            try:
+                result = TableOffload(table, self.config, self.engine, self.sink, self.state, observer=observer, stop=stop).run()
+            except OffloaderError as exc:  # the state store failing before the run could be recorded
+                result = TableResult(table.name, "", "failed", error=exc, reason=str(exc).splitlines()[0])
+                self.log.error("table_failed", table=table.name, error_type=exc.kind, error=result.reason)
+            error = result.error
+            if result.outcome != "failed" or error is None or not error.retryable or attempt >= policy.retry_attempts:
+                result.attempts = attempt
+                return result
+            delay = min(policy.retry_backoff * 2 ** (attempt - 1), policy.retry_backoff_max)
+            attempt += 1
+            self.log.warning(
+                "table_retry", table=table.name, attempt=attempt, attempts=policy.retry_attempts,
+                delay_seconds=delay, error_type=error.kind, error=result.reason,
+            )  # fmt: skip
+            if stop.wait(delay):
+                result.attempts = attempt - 1
+                return result
+
+    def run_cycle(
+        self,
+        tables: Iterable[TableConfig] | None = None,
+        observer: Observer | None = None,
+        stop: threading.Event | None = None,
+        max_parallel: int | None = None,
+    ) -> list[TableResult]:
+        """One cycle over ``tables`` (default: all) in dependency order.
+
+        Tables whose upstreams are done run in parallel, up to ``max_parallel``. A table
+        runs only when every upstream in this cycle completed (committed or found nothing
+        new); otherwise it is skipped and says why. A failed table never stops its siblings.
+        """
+        from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+        chosen = list(tables) if tables is not None else self.config.ordered_tables()
+        names = {t.name for t in chosen}
+        stop = stop or threading.Event()
+        parallel = max(1, max_parallel or self.config.schedule.max_parallel)
+        results: dict[str, TableResult] = {}
+        waiting = list(chosen)
+        running: dict[Future[TableResult], TableConfig] = {}
+        with ThreadPoolExecutor(parallel, thread_name_prefix="offloader-table") as pool:
+            while waiting or running:
+                for table in list(waiting):
+                    upstream = [d for d in table.depends_on if d in names]
+                    blocked = [d for d in upstream if d in results and not results[d].ok]
+                    if blocked:
+                        reason = f"upstream {', '.join(blocked)} did not complete this cycle"
+                        results[table.name] = TableResult(table.name, "", "skipped", reason=reason)
+                        self.log.warning("table_skipped", table=table.name, reason=reason)
+                        waiting.remove(table)
+                    elif stop.is_set():
+                        results[table.name] = TableResult(table.name, "", "skipped", reason="the service is stopping")
+                        waiting.remove(table)
+                    elif all(d in results for d in upstream) and len(running) < parallel:
+                        running[pool.submit(self.run_table, table, observer, stop)] = table
+                        waiting.remove(table)
+                if not running:
+                    continue
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    table = running.pop(future)
+                    results[table.name] = future.result()
+        self._prune_history()
+        return [results[t.name] for t in chosen if t.name in results]
+
+    def _prune_history(self) -> None:
+        """Drop run history older than ``state.history_retention``."""
+        import time
+
+        try:
+            pruned = self.state.prune_runs(time.time() - self.config.state.history_retention)
+        except OffloaderError as exc:
+            self.log.warning("history_prune_failed", error=str(exc))
+            return
+        if pruned:
+            self.log.info("history_pruned", runs=pruned)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self, tables: Iterable[TableConfig] | None = None, *, with_history: bool = True) -> list[TableStatus]:
+        """Cursor (from the Iceberg marker), lag behind the source, rows in Iceberg, last run."""
+        mirrors = self.state.mirrors()
+        runs = self.state.last_runs() if with_history else {}
+        out = []
+        for table in tables if tables is not None else self.config.ordered_tables():
+            problems = []
+            cursor = mirrors[table.name].cursor if table.name in mirrors else None
+            rows = snapshot = None
+            copied_to = None  # the time up to which Iceberg holds the source's rows
+            try:
+                loaded = self.sink.load(table.target)
+                if loaded is not None:
+                    sink_table = SinkTable(loaded, table, writable=False)
+                    marker = sink_table.marker()
+                    rows = sink_table.row_count()
+                    snapshot = marker.snapshot_id if marker else None
+                    cursor = marker.cursor if marker else cursor
+                    if marker is not None and table.mode == "replace":
+                        copied_to = marker.window_hi
+                else:
+                    rows = 0
+            except OffloaderError as exc:
+                problems.append(str(exc).splitlines()[0])
+            newest = lag = None
+            try:
+                copied_to = copied_to or (Cursor.from_json(cursor).time if cursor else None)
+                newest = Source(self.engine, table.source_database, table.source_table, table.cursor).newest_time(copied_to)
+                if newest is not None:
+                    behind = parse_time(copied_to) if copied_to else None
+                    lag = (parse_time(newest) - behind).total_seconds() if behind else None
+                    lag = max(lag, 0.0) if lag is not None else None
+            except OffloaderError as exc:
+                problems.append(str(exc).splitlines()[0])
+            run = runs.get(table.name)
+            out.append(
+                TableStatus(
+                    table=table.name,
+                    layer=table.layer,
+                    target=table.target,
+                    cursor=cursor,
+                    source_newest=newest,
+                    lag_seconds=lag,
+                    iceberg_rows=rows,
+                    snapshot_id=snapshot,
+                    last_run=None
+                    if run is None
+                    else {
+                        "run_id": run.run_id,
+                        "outcome": run.outcome,
+                        "rows": run.rows_written,
+                        "started_at": datetime.fromtimestamp(run.started_at, UTC).isoformat(timespec="seconds"),
+                        "duration_seconds": run.duration_seconds,
+                        "error": run.error_message,
+                    },
+                    problem="; ".join(problems) or None,
+                )  # fmt: skip
+            )
+        return out

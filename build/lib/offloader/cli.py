@@ -1,0 +1,292 @@
+"""The command line: ``offloader [--config PATH] COMMAND``.
+
+Commands: ``once`` (one cycle), ``status``, ``history``, ``run`` (the service), ``demo seed``
+and ``mirror reset``. Every failure ends in a precise one-line message per problem on
+stderr and a non-zero exit: 2 for bad config or usage, 1 for a failed table or a dead
+server, 70 for an internal error (its traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from offloader import __version__, log
+from offloader.config import Config, TableConfig, load_config
+from offloader.errors import ConfigError, OffloaderError
+from offloader.offload import Observer, TableResult
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
+
+
+class _Progress(Observer):
+    """Shows backfill progress on a terminal (stderr); silent otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._last = 0.0
+
+    def progress(self, table: TableConfig, done: int, total: int) -> None:
+        if not self.enabled or time.monotonic() - self._last < 0.2 and done < total:
+            return
+        self._last = time.monotonic()
+        pct = 100.0 * done / total if total else 100.0
+        end = "\n" if done >= total else ""
+        print(f"\r  {table.name}: {done:,}/{total:,} rows ({pct:5.1f}%)", end=end, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="offloader", description="Offload ClickHouse tables into Apache Iceberg, exactly once.")
+    parser.add_argument("--config", help="TOML config file (default: $OFFLOADER_CONFIG, else the embedded default)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override logging.level")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    parser.add_argument("--version", action="version", version=f"offloader {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    once = sub.add_parser("once", help="run one cycle of every table (or of one table)")
+    once.add_argument("--table", help="only this table")
+
+    status = sub.add_parser("status", help="cursor, lag, rows in Iceberg and last run of every table")
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    history = sub.add_parser("history", help="the run history")
+    history.add_argument("--table")
+    history.add_argument("--limit", type=int, default=20)
+
+    sub.add_parser("run", help="the long-running service: scheduled cycles, /metrics, /healthz, /readyz, /status")
+
+    demo = sub.add_parser("demo", help="the embedded market-data demo")
+    demo_sub = demo.add_subparsers(dest="demo_command", required=True, metavar="DEMO_COMMAND")
+    seed = demo_sub.add_parser("seed", help="fill the embedded source with market data")
+    seed.add_argument("--rows", type=int, default=1_000_000, help="bronze trade rows to add (default 1,000,000)")
+    seed.add_argument("--hours", type=float, default=6.0, help="hours of history the rows span, ending now")
+    live = demo_sub.add_parser("run", help="seed if empty, keep a live trade feed going, and run the service")
+    live.add_argument("--rows", type=int, default=200_000, help="rows to seed when the source is empty")
+    live.add_argument("--interval", default="5s", help='seconds between cycles (default "5s")')
+    live.add_argument("--feed-rows", type=int, default=200, help="trades added every second by the live feed")
+
+    mirror = sub.add_parser("mirror", help="the state mirror of the Iceberg cursors")
+    mirror_sub = mirror.add_subparsers(dest="mirror_command", required=True, metavar="MIRROR_COMMAND")
+    reset = mirror_sub.add_parser("reset", help="forget a table's mirror; the next run rebuilds it from Iceberg")
+    reset.add_argument("--table", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        service = args.command == "run" or (args.command == "demo" and args.demo_command == "run")
+        log.configure(args.log_level or config.logging.level, config.logging.format, sys.stdout if service else sys.stderr)
+        return _dispatch(args, config)
+    except ConfigError as exc:
+        print(f"offloader: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OffloaderError as exc:
+        print(f"offloader: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("offloader: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: a message, never a bare traceback
+        if args.debug:
+            raise
+        print(f"offloader: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    from offloader.app import App
+
+    if args.command == "demo" and args.demo_command == "seed":
+        return _demo_seed(config, args.rows, args.hours)
+    if args.command == "demo":
+        return _demo_run(config, args)
+    app = App(config)
+    try:
+        if args.command == "once":
+            tables = [config.table(args.table)] if args.table else None
+            return _report(app.run_cycle(tables, observer=_Progress(sys.stderr.isatty())))
+        if args.command == "status":
+            return _status(app, args.json)
+        if args.command == "history":
+            return _history(app, args.table, args.limit)
+        if args.command == "run":
+            return _serve(app)
+        if args.command == "mirror":
+            config.table(args.table)
+            app.state.delete_mirror(args.table)
+            print(f"mirror of {args.table} forgotten; the next run rebuilds it from the Iceberg marker")
+            return EXIT_OK
+    finally:
+        app.close()
+    return EXIT_USAGE
+
+
+def _report(results: list[TableResult]) -> int:
+    failed = 0
+    for r in results:
+        if r.outcome == "committed":
+            print(f"{r.table}: committed {r.rows:,} rows in {r.windows} window(s), {r.files} file(s), {r.duration:.2f}s")
+        elif r.outcome == "nothing_new":
+            print(f"{r.table}: nothing new ({r.duration:.2f}s)")
+        elif r.outcome == "skipped":
+            print(f"{r.table}: skipped: {r.reason}")
+            failed += 0 if r.error is not None else 1  # a lock held elsewhere is not a failure
+        else:
+            failed += 1
+            print(f"{r.table}: FAILED: {r.reason}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _fmt_lag(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _status(app: Any, as_json: bool) -> int:
+    statuses = app.status()
+    if as_json:
+        print(json.dumps([s.as_dict() for s in statuses], indent=2, default=str))
+        return EXIT_OK
+    header = ("table", "cursor", "lag", "iceberg rows", "last run")
+    rows = []
+    for s in statuses:
+        run = s.last_run
+        last = f"{run['outcome']} {run['started_at']}" if run else "never"
+        cursor = " / ".join(str(v) for v in s.cursor) if s.cursor else "-"
+        rows.append(
+            (s.table, cursor, _fmt_lag(s.lag_seconds), f"{s.iceberg_rows:,}" if s.iceberg_rows is not None else "?", last)
+        )
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    for s in statuses:
+        if s.problem:
+            print(f"{s.table}: {s.problem}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _history(app: Any, table: str | None, limit: int) -> int:
+    if table:
+        app.config.table(table)
+    for run in app.state.runs(table, limit):
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run.started_at))
+        error = f"  {run.error_class}: {run.error_message}" if run.error_class else ""
+        duration = f"{run.duration_seconds:.2f}s" if run.duration_seconds is not None else "-"
+        print(
+            f"{started}Z  {run.table_name}  {run.outcome}  rows={run.rows_written:,} files={run.files_written} "
+            f"windows={run.windows} {duration}  run={run.run_id}{error}"
+        )
+    return EXIT_OK
+
+
+def _serve(app: Any, before_wait: Any = None) -> int:
+    """The service: scheduler and HTTP endpoints until SIGTERM/SIGINT; exit 0 when stopped cleanly."""
+    from offloader.schedule import Service
+    from offloader.server import serve
+
+    service = Service(app)
+    service.install_signal_handlers()
+    server = None
+    if app.config.server.enabled:
+        try:
+            server, _ = serve(service, app.config.server.host, app.config.server.port)
+        except OSError as exc:
+            raise ConfigError(
+                f"server.port = {app.config.server.port}: cannot listen on {app.config.server.host}:{app.config.server.port} ({exc.strerror})"
+            ) from None
+    service.start()
+    if before_wait is not None:
+        before_wait(service)
+    try:
+        service.wait()
+    finally:
+        if server is not None:
+            server.shutdown()
+    return EXIT_OK
+
+
+def _demo_run(config: Config, args: argparse.Namespace) -> int:
+    """Seed if empty, feed live trades into the embedded source, run the service on a short schedule."""
+    import dataclasses
+
+    from offloader import demo
+    from offloader.app import App
+    from offloader.config import parse_duration
+
+    if not config.source.embedded:
+        raise ConfigError(f"source.dsn = {config.source.display_dsn!r}: demo run needs the embedded engine (chdb://...)")
+    try:
+        interval = parse_duration(args.interval)
+    except ValueError:
+        raise ConfigError(f'--interval = {args.interval!r}: expected a duration such as "5s"') from None
+    config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, interval=max(interval, 1.0)))
+    app = App(config)
+    try:
+        demo.ensure_schema(app.engine)
+        if demo.is_empty(app.engine):
+            print(f"seeding {args.rows:,} trades into {config.source.display_dsn} ...", file=sys.stderr)
+            demo.seed(app.engine, args.rows)
+        stop = threading.Event()
+
+        def feed() -> None:
+            log_ = __import__("structlog").get_logger("offloader")
+            while not stop.wait(1.0):
+                try:
+                    demo.live_batch(app.engine, args.feed_rows)
+                except OffloaderError as exc:
+                    log_.warning("demo_feed_failed", error=str(exc))
+
+        def start_feed(service: Any) -> None:
+            threading.Thread(target=feed, name="offloader-demo-feed", daemon=True).start()
+            where = f"http://{config.server.host}:{config.server.port}"
+            print(f"offloader demo: live feed running; see {where}/status and {where}/metrics (Ctrl-C stops)", file=sys.stderr)
+
+        try:
+            return _serve(app, before_wait=start_feed)
+        finally:
+            stop.set()
+    finally:
+        app.close()
+
+
+def _demo_seed(config: Config, rows: int, hours: float) -> int:
+    from offloader import demo
+    from offloader.source import connect
+
+    if rows <= 0:
+        raise ConfigError(f"--rows = {rows}: expected a positive number of rows")
+    if not config.source.embedded:
+        raise ConfigError(f"source.dsn = {config.source.display_dsn!r}: demo seed only fills the embedded engine (chdb://...)")
+    engine = connect(config.source)
+    try:
+        tty = sys.stderr.isatty()
+        started = time.monotonic()
+
+        def progress(done: int, total: int) -> None:
+            if tty:
+                print(f"\r  seeding: {done:,}/{total:,} rows", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+
+        demo.ensure_schema(engine)
+        added = demo.seed(engine, rows, hours=hours, progress=progress)
+        print(f"seeded {added:,} bronze trade rows into {config.source.display_dsn} in {time.monotonic() - started:.1f}s")
+    finally:
+        engine.close()
+    return EXIT_OK
+
+
+def entrypoint() -> None:
+    os.environ.setdefault("PYICEBERG_DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE", "false")
+    sys.exit(main())

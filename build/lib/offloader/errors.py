@@ -1,0 +1,110 @@
+"""The one exception tree of offloader.
+
+Every adapter catches its library's errors once and re-raises one of these ``from exc``.
+``retryable`` tells the scheduler whether trying the same table again later can help.
+
+    OffloaderError
+    ├── ConfigError                  bad configuration; one line per problem
+    ├── SourceError                  ClickHouse failed or is unreachable (retryable)
+    ├── SchemaError                  a source schema offloader cannot map or evolve
+    │   └── UnsupportedTypeError     a ClickHouse type with no faithful Iceberg type
+    ├── DataError                    a value that cannot be stored without changing it
+    │   └── ValueOutOfRangeError     e.g. a UInt64 above the signed maximum
+    ├── WindowMismatchError          rows written differ from count() of the window
+    ├── CatalogError                 the Iceberg catalog or its storage failed (retryable)
+    │   ├── CommitConflictError      another writer committed first: reload, then decide
+    │   └── CommitUnknownError       the commit outcome is unknown: reconcile, never retry blindly
+    ├── StateError                   offloader's own state store failed (retryable)
+    │   └── MirrorAheadError         the state mirror is ahead of Iceberg: stop the table
+    ├── LockBusyError                another runner holds this table
+    ├── ShutdownRequested            the service is stopping; work abandoned before its commit
+    └── InternalError                a bug: an unexpected exception, caught so one table cannot stop others
+"""
+
+from __future__ import annotations
+
+
+class OffloaderError(Exception):
+    """Base of every error offloader raises on purpose."""
+
+    retryable: bool = False
+
+    @property
+    def kind(self) -> str:
+        """A stable, label-friendly name of the error class (used in metrics and run history)."""
+        name = type(self).__name__
+        return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+class ConfigError(OffloaderError):
+    """The configuration is invalid. ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class SourceError(OffloaderError):
+    """ClickHouse failed to answer a query, or cannot be reached."""
+
+    retryable = True
+
+
+class SchemaError(OffloaderError):
+    """The source schema cannot be mapped to, or evolved into, the Iceberg schema."""
+
+
+class UnsupportedTypeError(SchemaError):
+    """A ClickHouse type has no faithful Iceberg type under the current options."""
+
+
+class DataError(OffloaderError):
+    """A source value cannot be written without silently changing it."""
+
+
+class ValueOutOfRangeError(DataError):
+    """A value does not fit the Iceberg type its column maps to."""
+
+
+class WindowMismatchError(OffloaderError):
+    """The rows written for a window differ from count() of the same window in ClickHouse."""
+
+    retryable = True
+
+
+class CatalogError(OffloaderError):
+    """The Iceberg catalog or its file storage failed."""
+
+    retryable = True
+
+
+class CommitConflictError(CatalogError):
+    """Another writer committed to the table first; reload and re-read the cursor."""
+
+
+class CommitUnknownError(CatalogError):
+    """The commit may or may not have landed; settle it from the snapshot history."""
+
+
+class StateError(OffloaderError):
+    """offloader's own state store (watermark mirror, run history) failed."""
+
+    retryable = True
+
+
+class MirrorAheadError(StateError):
+    """The state mirror claims more than Iceberg holds; running on would lose rows."""
+
+    retryable = False
+
+
+class LockBusyError(OffloaderError):
+    """Another runner holds the lock of this table."""
+
+
+class ShutdownRequested(OffloaderError):
+    """The service is stopping; the table's work was abandoned before its commit."""
+
+
+class InternalError(OffloaderError):
+    """An unexpected exception inside offloader (a bug), reported per table."""

@@ -1,0 +1,31 @@
+"""Named points of an offload cycle where a test can kill the process for real.
+
+``OFFLOADER_KILL_AT=<point>`` makes the process SIGKILL itself when it reaches that point
+(optionally ``<point>:<n>`` for the n-th time). The points are the moments at which a crash
+is most interesting for exactly-once: after the window was read, after its files were
+written, after the Iceberg commit, after the state mirror was updated. Unset, a checkpoint
+costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+POINTS = ("after_read", "after_write", "after_commit", "after_state")
+ENV = "OFFLOADER_KILL_AT"
+_seen: Counter[str] = Counter()
+
+
+def checkpoint(point: str) -> None:
+    """SIGKILL this process if the environment asks for a crash at ``point``."""
+    wanted = os.environ.get(ENV)
+    if not wanted:
+        return
+    name, _, nth = wanted.partition(":")
+    if name != point:
+        return
+    _seen[point] += 1
+    if _seen[point] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,189 @@
+"""The long-running service: cycles on a schedule, liveness, graceful shutdown.
+
+APScheduler 3.x runs the offload cycle on ``[schedule] cron`` (or a seconds-level
+``interval``), once at start-up unless ``run_at_start = false``, and tables with a ``cron``
+of their own on theirs. Cycles run one at a time in a single worker (``max_instances = 1``,
+``coalesce``): a cycle that overran is never followed by a burst of catch-up runs. A
+heartbeat job in an executor of its own proves the scheduler is ticking, for ``/healthz``.
+
+SIGTERM or SIGINT stops new work; the table in flight finishes its window or abandons it
+before the commit (never half a commit), and the process exits 0 within ``shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from offloader.app import App
+from offloader.config import TableConfig
+from offloader.metrics import Metrics
+from offloader.offload import TableResult
+
+HEARTBEAT_SECONDS = 1.0
+
+
+class Service:
+    """offloader as a daemon: scheduler, metrics and the state behind the HTTP endpoints."""
+
+    def __init__(self, app: App, metrics: Metrics | None = None, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.app = app
+        self.config = app.config
+        self.metrics = metrics or Metrics()
+        self.metrics.declare(list(self.config.tables))
+        self.monotonic = monotonic
+        self.stop = threading.Event()
+        self.log = structlog.get_logger("offloader")
+        self.last_tick = monotonic()
+        self.health_timeout = max(10.0, 10 * HEARTBEAT_SECONDS)
+        self.cycles_done = 0
+        self._idle = threading.Event()
+        self._idle.set()
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(1), "heartbeat": ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
+        )
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def _trigger(self, cron: str | None) -> Any:
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        if cron is None and self.config.schedule.interval:
+            return IntervalTrigger(seconds=self.config.schedule.interval, timezone=UTC)
+        return CronTrigger.from_crontab(cron or self.config.schedule.cron, timezone=UTC)
+
+    def start(self) -> None:
+        """Register the jobs and start the scheduler (returns at once)."""
+        schedule = self.config.schedule
+        own = [t for t in self.config.tables if t.cron]
+        shared = [t for t in self.config.ordered_tables() if not t.cron]
+        first = datetime.now(UTC) if schedule.run_at_start else None
+        if shared:
+            self.scheduler.add_job(
+                self.run_cycle, self._trigger(None), args=[shared], id="cycle", name="offload cycle", next_run_time=first
+            )
+        for table in own:
+            self.scheduler.add_job(
+                self.run_cycle, self._trigger(table.cron), args=[[table]], id=f"table:{table.name}",
+                name=f"offload {table.name}", next_run_time=first,
+            )  # fmt: skip
+        self.scheduler.add_job(self._beat, "interval", seconds=HEARTBEAT_SECONDS, id="heartbeat", executor="heartbeat")
+        self.scheduler.add_job(self._maintenance, self._trigger(schedule.maintenance_cron), id="maintenance", name="maintenance")
+        self.scheduler.start()
+        self.log.info("service_started", tables=len(self.config.tables), cron=schedule.cron, interval=schedule.interval)
+
+    def _beat(self) -> None:
+        self.last_tick = self.monotonic()
+
+    def _maintenance(self) -> None:
+        self.log.info("maintenance_slot", action="none", reason="maintenance is not part of this release")
+
+    def run_cycle(self, tables: list[TableConfig]) -> list[TableResult]:
+        """One cycle over ``tables``; metrics updated per table and per cycle."""
+        if self.stop.is_set():
+            return []
+        self._idle.clear()
+        started = time.perf_counter()
+        try:
+            self.log.info("cycle_started", tables=len(tables))
+            results = self.app.run_cycle(tables, observer=self.metrics, stop=self.stop)
+            by_name = {t.name: t for t in tables}
+            for result in results:
+                if result.outcome != "skipped" or result.error is None:
+                    self.metrics.run_finished(by_name[result.table], result)
+            self._update_lag(tables)
+            failed = [r.table for r in results if not r.ok]
+            self.log.info(
+                "cycle_finished", seconds=round(time.perf_counter() - started, 3), tables=len(results),
+                rows=sum(r.rows for r in results), failed=failed,
+            )  # fmt: skip
+            return results
+        except Exception:  # the scheduler must outlive any bug in one cycle
+            self.log.exception("cycle_crashed")
+            return []
+        finally:
+            self.metrics.cycle_duration.observe(time.perf_counter() - started)
+            self.cycles_done += 1
+            _give_back_memory()
+            self._idle.set()
+
+    def _update_lag(self, tables: list[TableConfig]) -> None:
+        for status in self.app.status(tables, with_history=False):
+            table = self.config.table(status.table)
+            if status.cursor:
+                self.metrics.set_watermark(table, str(status.cursor[0]))
+            self.metrics.set_lag(table, status.lag_seconds)
+
+    # -- health ------------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        """The scheduler runs and its heartbeat is fresh."""
+        from apscheduler.schedulers.base import STATE_RUNNING
+
+        return self.scheduler.state == STATE_RUNNING and self.monotonic() - self.last_tick < self.health_timeout
+
+    def next_runs(self) -> dict[str, str | None]:
+        """Each table's next scheduled run (ISO, UTC)."""
+        out: dict[str, str | None] = {}
+        for job in self.scheduler.get_jobs():
+            if job.id == "cycle" or job.id.startswith("table:"):
+                tables = job.args[0]
+                when = job.next_run_time.isoformat() if job.next_run_time else None
+                for table in tables:
+                    out[table.name] = when
+        return out
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        self.stop.set()
+
+    def wait(self) -> None:
+        """Block until a stop is requested, then shut down within ``shutdown_timeout``."""
+        while not self.stop.wait(0.5):
+            pass
+        self.shutdown()
+
+    def shutdown(self) -> bool:
+        """Stop taking work; wait for the cycle in flight. True when it finished in time."""
+        self.stop.set()
+        try:
+            self.scheduler.shutdown(wait=False)
+        except Exception:  # noqa: S110 - already stopped
+            pass
+        finished = self._idle.wait(self.config.schedule.shutdown_timeout)
+        self.log.info("service_stopped", clean=finished)
+        return finished
+
+
+def _give_back_memory() -> None:
+    """Return the memory a cycle's Arrow buffers used to the system, so an idle service stays small."""
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:  # glibc keeps freed heap in its arenas; hand it back (Linux only, harmless elsewhere)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,105 @@
+"""The HTTP endpoints of the service: /metrics, /healthz, /readyz, /status.
+
+Bound to ``[server] host:port`` (127.0.0.1:9108 by default). ``/healthz`` is for liveness:
+200 while the scheduler runs and ticks, 503 otherwise, with no config, secret or exception
+text. ``/readyz`` asks the source, the catalog and the state store, and names the part that
+does not answer. ``/status`` is the JSON of ``offloader status`` plus each table's next run.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from offloader.errors import OffloaderError
+from offloader.schedule import Service
+
+
+def readiness(service: Service) -> list[str]:
+    """Names of the parts that do not answer: source, catalog, state."""
+    failing = []
+    checks = (
+        ("source", lambda: service.app.engine.rows("SELECT 1")),
+        ("catalog", service.app.sink.ping),
+        ("state", service.app.state.ping),
+    )
+    for name, check in checks:
+        try:
+            check()
+        except Exception:  # any failure means not ready; its text stays in the logs
+            failing.append(name)
+    return failing
+
+
+class _Handler(BaseHTTPRequestHandler):
+    service: Service
+    server_version = "offloader"
+    sys_version = ""
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        path = self.path.split("?", 1)[0]
+        routes = {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz, "/status": self._status}
+        route = routes.get(path)
+        if route is None:
+            self._send(404, "text/plain; charset=utf-8", b"not found\n")
+            return
+        try:
+            route()
+        except Exception:
+            structlog.get_logger("offloader").exception("http_handler_failed", path=path)
+            self._send(500, "text/plain; charset=utf-8", b"internal error\n")
+
+    def _metrics(self) -> None:
+        self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.service.metrics.registry))
+
+    def _healthz(self) -> None:
+        if self.service.healthy():
+            self._send(200, "text/plain; charset=utf-8", b"ok\n")
+        else:
+            self._send(503, "text/plain; charset=utf-8", b"scheduler not running\n")
+
+    def _readyz(self) -> None:
+        failing = readiness(self.service)
+        if failing:
+            self._send(503, "text/plain; charset=utf-8", f"not ready: {', '.join(failing)}\n".encode())
+        else:
+            self._send(200, "text/plain; charset=utf-8", b"ready\n")
+
+    def _status(self) -> None:
+        try:
+            statuses = self.service.app.status()
+        except OffloaderError:
+            self._send(503, "text/plain; charset=utf-8", b"status unavailable: the state store does not answer\n")
+            return
+        next_runs = self.service.next_runs()
+        body = [dict(s.as_dict(), next_run=next_runs.get(s.table)) for s in statuses]
+        self._send(200, "application/json", json.dumps({"tables": body}, indent=2, default=str).encode())
+
+    def _send(self, code: int, content_type: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        structlog.get_logger("offloader").debug(
+            "http_request", request=self.requestline, status=args[1] if len(args) > 1 else None
+        )
+
+
+def serve(service: Service, host: str, port: int) -> tuple[ThreadingHTTPServer, threading.Thread]:
+    """Start the endpoints in a daemon thread; returns the server (its real port in server_address)."""
+    handler = type("Handler", (_Handler,), {"service": service})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="offloader-http", daemon=True)
+    thread.start()
+    structlog.get_logger("offloader").info("http_listening", host=host, port=server.server_address[1])
+    return server, thread

@@ -1,0 +1,676 @@
+"""The Iceberg adapter: the catalog, the tables offloader owns, their files and commits.
+
+Everything PyIceberg lives here. A :class:`SinkTable` is one destination table: created on
+first use from config (format version 2, zstd level 3, PyIceberg's blind commit retry off),
+its progress marker read from the snapshot history, its schema evolved inside the same
+transaction as the first rows that need it, and its data files written first and committed
+together as ONE snapshot whose summary carries the marker (cursor, run id, commit id,
+source row count).
+
+Commit errors are translated once: :class:`CommitConflictError` when another writer got
+there first (nothing of ours landed), :class:`CommitUnknownError` when the outcome cannot be
+known from the reply (settle it with :meth:`SinkTable.find_commit`, never by retrying).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote as urlquote
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from offloader.config import CatalogConfig, TableConfig, partition_transform
+from offloader.errors import (
+    CatalogError,
+    CommitConflictError,
+    CommitUnknownError,
+    SchemaError,
+)
+
+MARKER_PREFIX = "offloader."
+CURSOR_KEY = "offloader.cursor"
+RUN_KEY = "offloader.run-id"
+COMMIT_KEY = "offloader.commit-id"
+ROWS_KEY = "offloader.source-rows"
+HI_KEY = "offloader.window-hi"
+TABLE_PROPERTIES = {
+    "format-version": "2",
+    "write.parquet.compression-codec": "zstd",
+    "write.parquet.compression-level": "3",
+    "commit.retry.num-retries": "0",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "100",
+}
+
+
+@dataclass(frozen=True)
+class Marker:
+    """The progress marker of the last offloader commit in a table's snapshot lineage."""
+
+    cursor: list[Any]
+    run_id: str
+    commit_id: str
+    snapshot_id: int
+    source_rows: int
+    window_hi: str | None = None
+
+
+@dataclass
+class WrittenFiles:
+    """Data files written for one window, not yet committed."""
+
+    files: list[Any]
+    rows: int = 0
+    bytes: int = 0
+
+
+def _catalog_properties(config: CatalogConfig) -> dict[str, str]:
+    props = dict(config.properties)
+    if config.password is not None and "uri" in props:
+        parts = urlsplit(props["uri"])
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[-1]
+        netloc = f"{urlquote(user, safe='')}:{urlquote(config.password.reveal(), safe='')}@{host}"
+        props["uri"] = parts._replace(netloc=netloc).geturl()
+    if props.get("uri", "").startswith("postgresql://"):
+        props["uri"] = "postgresql+psycopg2://" + props["uri"][len("postgresql://") :]
+    props.setdefault("type", "sql")
+    if props.get("type") == "sql":
+        props.setdefault("init_catalog_tables", "true")
+    return props
+
+
+class Sink:
+    """The Iceberg catalog offloader writes into."""
+
+    def __init__(self, config: CatalogConfig) -> None:
+        from pyiceberg.catalog import load_catalog
+
+        self.config = config
+        for attempt in range(3):
+            try:
+                self.catalog = load_catalog(config.name, **_catalog_properties(config))
+                break
+            except Exception as exc:
+                # PyIceberg creates the SQL catalog's own tables check-then-create: two
+                # processes starting together on a new database can collide once.
+                if attempt == 2:
+                    raise CatalogError(f"cannot open the Iceberg catalog {config.name!r}: {_first_line(exc)}") from exc
+                time.sleep(0.2 * (attempt + 1))
+
+    def ping(self) -> None:
+        try:
+            self.catalog.list_namespaces()
+        except Exception as exc:
+            raise CatalogError(f"the Iceberg catalog does not answer: {_first_line(exc)}") from exc
+
+    def open(self, table: TableConfig, schema: Any, file_size: int | None = None) -> SinkTable:
+        """Load the destination table, creating it (and its namespace) on first use."""
+        from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+
+        identifier = table.target
+        try:
+            try:
+                return SinkTable(self.catalog.load_table(identifier), table)
+            except NoSuchTableError:
+                pass
+            try:
+                self.catalog.create_namespace_if_not_exists(table.target_namespace)
+            except NamespaceAlreadyExistsError:
+                pass
+            except Exception:  # another runner created it at the same instant
+                if not self.catalog.namespace_exists(table.target_namespace):
+                    raise
+            properties = dict(TABLE_PROPERTIES)
+            if file_size:
+                properties["write.target-file-size-bytes"] = str(file_size)
+            spec = _partition_spec(table, schema)
+            try:
+                created = self.catalog.create_table(identifier, schema=schema, partition_spec=spec, properties=properties)
+            except TableAlreadyExistsError:
+                created = self.catalog.load_table(identifier)
+            except Exception:  # a concurrent create can surface as the catalog's unique violation
+                if not self.catalog.table_exists(identifier):
+                    raise
+                created = self.catalog.load_table(identifier)
+            return SinkTable(created, table)
+        except (SchemaError, CatalogError):
+            raise
+        except Exception as exc:
+            raise CatalogError(f"cannot open Iceberg table {identifier}: {_first_line(exc)}") from exc
+
+    def load(self, identifier: str) -> Any | None:
+        """The raw table if it exists (for status), else None."""
+        from pyiceberg.exceptions import NoSuchTableError
+
+        try:
+            return self.catalog.load_table(identifier)
+        except NoSuchTableError:
+            return None
+        except Exception as exc:
+            raise CatalogError(f"cannot load Iceberg table {identifier}: {_first_line(exc)}") from exc
+
+
+def _partition_spec(table: TableConfig, schema: Any) -> Any:
+    from pyiceberg.partitioning import PartitionField, PartitionSpec
+    from pyiceberg.transforms import (
+        BucketTransform,
+        DayTransform,
+        HourTransform,
+        IdentityTransform,
+        MonthTransform,
+        TruncateTransform,
+        VoidTransform,
+        YearTransform,
+    )
+
+    simple = {
+        "identity": IdentityTransform, "year": YearTransform, "month": MonthTransform,
+        "day": DayTransform, "hour": HourTransform, "void": VoidTransform,
+    }  # fmt: skip
+    fields = []
+    for index, expr in enumerate(table.partition_by):
+        fn, column, param = partition_transform(expr)
+        try:
+            source_id = schema.find_field(column).field_id
+        except ValueError:
+            raise SchemaError(f"tables.{table.name}.partition_by: column {column!r} is not in the source table") from None
+        if fn == "bucket":
+            transform: Any = BucketTransform(param)
+        elif fn == "truncate":
+            transform = TruncateTransform(param)
+        else:
+            transform = simple[fn]()
+        name = column if fn == "identity" else f"{column}_{fn}"
+        fields.append(PartitionField(source_id=source_id, field_id=1000 + index, transform=transform, name=name))
+    return PartitionSpec(*fields)
+
+
+class SinkTable:
+    """One destination table and the transaction of the window being written."""
+
+    def __init__(self, table: Any, config: TableConfig, *, writable: bool = True) -> None:
+        self.table = table
+        self.config = config
+        if writable:
+            self._ensure_properties()
+
+    def _ensure_properties(self) -> None:
+        """Tables written by offloader never let PyIceberg retry a commit blindly."""
+        props = self.table.metadata.properties
+        if props.get("commit.retry.num-retries") != "0":
+            try:
+                self.table = self.table.transaction().set_properties({"commit.retry.num-retries": "0"}).commit_transaction()
+            except Exception as exc:
+                raise CatalogError(f"cannot set commit.retry.num-retries=0 on {self.config.target}: {_first_line(exc)}") from exc
+
+    @property
+    def schema(self) -> Any:
+        return self.table.schema()
+
+    def refresh(self) -> None:
+        try:
+            self.table = self.table.refresh()
+        except Exception as exc:
+            raise CatalogError(f"cannot reload Iceberg table {self.config.target}: {_first_line(exc)}") from exc
+
+    # -- the marker ----------------------------------------------------------------------
+
+    def _lineage(self) -> Iterator[Any]:
+        from pyiceberg.table.snapshots import ancestors_of
+
+        yield from ancestors_of(self.table.current_snapshot(), self.table.metadata)
+
+    def marker(self) -> Marker | None:
+        """The marker of the newest offloader commit in the current lineage."""
+        for snapshot in self._lineage():
+            props = snapshot.summary.additional_properties if snapshot.summary else {}
+            if CURSOR_KEY in props:
+                return Marker(
+                    cursor=json.loads(props[CURSOR_KEY]),
+                    run_id=props.get(RUN_KEY, ""),
+                    commit_id=props.get(COMMIT_KEY, ""),
+                    snapshot_id=snapshot.snapshot_id,
+                    source_rows=int(props.get(ROWS_KEY, "0")),
+                    window_hi=props.get(HI_KEY),
+                )
+        return None
+
+    def find_commit(self, commit_id: str) -> int | None:
+        """The snapshot id that carries ``commit_id`` in the current lineage, if any."""
+        for snapshot in self._lineage():
+            props = snapshot.summary.additional_properties if snapshot.summary else {}
+            if props.get(COMMIT_KEY) == commit_id:
+                return int(snapshot.snapshot_id)
+        return None
+
+    def prune_uncommitted_metadata(self) -> int:
+        """Delete metadata files that lost a commit race or a crash and can never become current.
+
+        Path-based Iceberg readers (ClickHouse's ``icebergLocal``, DuckDB's ``iceberg_scan``)
+        pick the newest ``*.metadata.json`` in the table's folder, not the catalog's
+        pointer. A commit that failed (a conflict, a crash mid-commit) leaves its staged
+        metadata file behind. Such a file whose version is at most the current one can never
+        be committed any more (a commit needs its base to be current), so it is safe to
+        remove; newer ones may belong to a commit in flight and are left alone.
+        """
+        metadata = self.table.metadata
+        current = self.table.metadata_location
+        keep = {entry.metadata_file for entry in metadata.metadata_log} | {current}
+        version = _metadata_version(current)
+        folder = current.rsplit("/", 1)[0]
+        try:
+            listed = _list_files(self.table.io, folder)
+        except Exception:  # a FileIO that cannot list: nothing to prune, nothing lost
+            return 0
+        removed = 0
+        for path in listed:
+            if not path.endswith(".metadata.json") or path in keep:
+                continue
+            other = _metadata_version(path)
+            if other is not None and version is not None and other <= version:
+                try:
+                    self.table.io.delete(path)
+                    removed += 1
+                except Exception:  # noqa: S110 - best effort; the catalog stays the truth
+                    pass
+        return removed
+
+    def row_count(self) -> int:
+        snapshot = self.table.current_snapshot()
+        if snapshot is None or snapshot.summary is None:
+            return 0
+        return int(snapshot.summary.additional_properties.get("total-records", "0"))
+
+    # -- writing -------------------------------------------------------------------------
+
+    def begin(self, source_schema: Any) -> Window:
+        """Start the transaction of one window, evolving the schema inside it when needed."""
+        try:
+            tx = self.table.transaction()
+            changes = plan_evolution(self.table.schema(), source_schema, self.config.name)
+            if changes:
+                with tx.update_schema() as update:
+                    for change in changes:
+                        change(update)
+            return Window(self, tx, changes=len(changes))
+        except SchemaError:
+            raise
+        except Exception as exc:
+            raise CatalogError(f"cannot start a transaction on {self.config.target}: {_first_line(exc)}") from exc
+
+
+class _RollingFiles:
+    """One open Parquet file per partition, rolled over at the target file size.
+
+    Chunks of a window arrive one after another; each is split by partition (in the
+    caller's thread) and appended to an open file of that partition. Writing runs in
+    ``lanes`` writer threads, each with files of its own, chunks dealt to them in turn:
+    Parquet encoding then uses every core and overlaps with reading and converting the
+    next chunk. Files grow to the target size whatever the chunk size; at most
+    ``lanes + 1`` chunks wait for the writers, so memory stays bounded.
+    """
+
+    lanes = 2
+
+    def __init__(self, metadata: Any, io: Any, write_uuid: uuid.UUID, target_size: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from pyiceberg.io.fileformat import FileFormatFactory
+        from pyiceberg.manifest import FileFormat
+        from pyiceberg.table.locations import load_location_provider
+
+        self.metadata = metadata
+        self.io = io
+        self.write_uuid = write_uuid
+        self.target_size = target_size
+        self.schema = metadata.schema()
+        self.spec = metadata.spec()
+        self.format = FileFormatFactory.get(FileFormat.PARQUET)
+        self.locations = load_location_provider(table_location=metadata.location, table_properties=metadata.properties)
+        self.counter = itertools.count(0)
+        self.open: dict[Any, tuple[Any, str, Any]] = {}
+        self.paths: list[str] = []
+        self._pools = [ThreadPoolExecutor(1, thread_name_prefix="offloader-parquet") for _ in range(self.lanes)]
+        self._chunks = itertools.count(0)
+        self._pending: deque[Any] = deque()
+        self._finished = False
+
+    def write(self, table: pa.Table) -> list[Any]:
+        """Queue a chunk; returns the DataFiles of files that were completed meanwhile."""
+        parts = list(_split_partitions(self.spec, self.schema, table))
+        lane = next(self._chunks) % self.lanes
+        self._pending.append(self._pools[lane].submit(self._write_parts, lane, parts))
+        done: list[Any] = []
+        while len(self._pending) > self.lanes + 1:
+            done += self._pending.popleft().result()
+        return done
+
+    def _write_parts(self, lane: int, parts: list[tuple[Any, pa.Table]]) -> list[Any]:
+        done = []
+        for key, rows in parts:
+            ident = (lane, None if key is None else key.to_path())
+            entry = self.open.get(ident)
+            if entry is None:
+                entry = self.open[ident] = self._new_file(key)
+            writer = entry[0]
+            writer.write(self._prepare(rows))
+            if _tell(writer) >= self.target_size:
+                done.append(self._close(ident))
+        return done
+
+    def _prepare(self, rows: pa.Table) -> pa.Table:
+        from pyiceberg.io.pyarrow import _to_requested_schema, pyarrow_to_schema
+
+        file_schema = pyarrow_to_schema(
+            rows.schema, name_mapping=self.schema.name_mapping, format_version=self.metadata.format_version
+        )
+        batches = [
+            _to_requested_schema(self.schema, file_schema, batch, include_field_ids=True, format_model=self.format)
+            for batch in rows.to_batches()
+        ]
+        return pa.Table.from_batches(batches)
+
+    def _new_file(self, key: Any) -> tuple[Any, str, Any]:
+        name = f"{next(self.counter):05d}-{self.write_uuid}.parquet"
+        path = self.locations.new_data_location(data_file_name=name, partition_key=key)
+        writer = self.format.create_writer(self.io.new_output(path), self.schema, self.metadata.properties)
+        self.paths.append(path)
+        return writer, path, key
+
+    def _close(self, ident: Any) -> Any:
+        from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+        from pyiceberg.typedef import Record
+
+        writer, path, key = self.open.pop(ident)
+        statistics = writer.close()
+        return DataFile.from_args(
+            content=DataFileContent.DATA,
+            file_path=path,
+            file_format=FileFormat.PARQUET,
+            partition=key.partition if key is not None else Record(),
+            file_size_in_bytes=len(self.io.new_input(path)),
+            sort_order_id=None,
+            spec_id=self.metadata.default_spec_id,
+            equality_ids=None,
+            key_metadata=None,
+            **statistics.to_serialized_dict(),
+        )
+
+    def finish(self) -> list[Any]:
+        """Wait for the writer and close every open file. Later calls return nothing."""
+        if self._finished:
+            return []
+        self._finished = True
+        done: list[Any] = []
+        while self._pending:
+            done += self._pending.popleft().result()
+        for lane, pool in enumerate(self._pools):
+            done += pool.submit(lambda lane=lane: [self._close(i) for i in list(self.open) if i[0] == lane]).result()
+            pool.shutdown()
+        return done
+
+    def abandon(self) -> list[str]:
+        """Stop writing; close what is open; return every path written (to delete)."""
+        for future in self._pending:
+            future.cancel()
+        for pool in self._pools:
+            pool.shutdown(wait=True)
+        self._pending.clear()
+        for writer, _, _ in self.open.values():
+            try:
+                writer.close()
+            except Exception:  # noqa: S110 - the file is deleted anyway
+                pass
+        self.open.clear()
+        paths, self.paths = self.paths, []
+        return paths
+
+
+def _tell(writer: Any) -> int:
+    """Bytes a format writer has put in its file so far."""
+    stream = getattr(writer, "_fos", None)
+    try:
+        return int(stream.tell()) if stream is not None else 0
+    except Exception:
+        return 0
+
+
+def _split_partitions(spec: Any, schema: Any, table: pa.Table) -> Iterator[tuple[Any, pa.Table]]:
+    """(partition key, rows) of a chunk. A chunk inside one partition (the usual case for
+    time-ordered data) is passed through without a copy; others are split by PyIceberg."""
+    from pyiceberg.io.pyarrow import _determine_partitions
+    from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
+
+    if spec.is_unpartitioned():
+        yield None, table
+        return
+    values = []
+    for field in spec.fields:
+        name = schema.find_column_name(field.source_id)
+        if name is None or "." in name or name not in table.column_names:
+            values = None
+            break
+        source_type = schema.find_field(field.source_id).field_type
+        transformed = field.transform.pyarrow_transform(source_type)(table.column(name))
+        if transformed.null_count not in (0, len(transformed)):
+            values = None
+            break
+        if transformed.null_count:
+            values.append(None)
+            continue
+        bounds = pc.min_max(transformed)
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        if low != high:
+            values = None
+            break
+        values.append(low)
+    if values is not None:
+        key = PartitionKey(
+            field_values=[PartitionFieldValue(field=f, value=v) for f, v in zip(spec.fields, values, strict=True)],
+            partition_spec=spec,
+            schema=schema,
+        )
+        yield key, table
+        return
+    for part in _determine_partitions(spec, schema, table):
+        yield part.partition_key, part.arrow_table_partition
+
+
+class Window:
+    """The open transaction of one window: files are written, then committed as one snapshot."""
+
+    def __init__(self, owner: SinkTable, tx: Any, changes: int) -> None:
+        from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+        self.owner = owner
+        self.tx = tx
+        self.schema_changes = changes
+        self.written = WrittenFiles(files=[])
+        self.arrow_schema = schema_to_pyarrow(tx.table_metadata.schema(), include_field_ids=False)
+        target = int(tx.table_metadata.properties.get("write.target-file-size-bytes", 128 * 2**20))
+        self._files = _RollingFiles(tx.table_metadata, owner.table.io, uuid.uuid4(), target)
+        self._carried = _RollingFiles(tx.table_metadata, owner.table.io, uuid.uuid4(), target)
+
+    @property
+    def io(self) -> Any:
+        return self.owner.table.io
+
+    def write(self, table: pa.Table, *, source_rows: bool = True) -> None:
+        """Append a chunk of rows to the window's data files (partitioned, rolled at the target size).
+
+        ``source_rows=False`` marks rows carried over from a replaced file: they are
+        committed but not counted against the source window.
+        """
+        if table.num_rows == 0:
+            return
+        files = self._files if source_rows else self._carried
+        try:
+            for data_file in files.write(table):
+                self._add(data_file, source_rows)
+        except Exception as exc:
+            raise CatalogError(f"writing data files for {self.owner.config.target} failed: {_first_line(exc)}") from exc
+
+    def flush(self, *, source_rows: bool = True) -> None:
+        """Close every open file of the source rows (or of the carried rows)."""
+        files = self._files if source_rows else self._carried
+        try:
+            for data_file in files.finish():
+                self._add(data_file, source_rows)
+        except Exception as exc:
+            raise CatalogError(f"writing data files for {self.owner.config.target} failed: {_first_line(exc)}") from exc
+
+    def _add(self, data_file: Any, source_rows: bool) -> None:
+        self.written.files.append(data_file)
+        self.written.bytes += data_file.file_size_in_bytes
+        if source_rows:
+            self.written.rows += data_file.record_count
+
+    def replaced_files(self, column: str, lo_micros: int, hi_micros: int) -> list[tuple[Any, pa.Table]]:
+        """Files holding rows with ``lo <= column <= hi``, and the rows of each that stay."""
+        from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, LessThanOrEqual
+        from pyiceberg.io.pyarrow import ArrowScan
+
+        table = self.owner.table
+        if table.current_snapshot() is None:
+            return []
+        row_filter = And(GreaterThanOrEqual(column, lo_micros), LessThanOrEqual(column, hi_micros))
+        metadata = self.tx.table_metadata
+        result = []
+        try:
+            for task in table.scan(row_filter=row_filter).plan_files():
+                rows = ArrowScan(metadata, table.io, metadata.schema(), AlwaysTrue()).to_table([task])
+                values = pc.cast(rows[column], pa.int64()) if rows.num_rows else rows[column]
+                inside = pc.and_(pc.greater_equal(values, lo_micros), pc.less_equal(values, hi_micros))
+                keep = rows.filter(pc.invert(pc.fill_null(inside, False)))
+                result.append((task.file, keep))
+        except Exception as exc:
+            raise CatalogError(f"reading files to replace in {self.owner.config.target} failed: {_first_line(exc)}") from exc
+        return result
+
+    def commit(self, marker: Mapping[str, str], replace: Iterable[tuple[Any, pa.Table]] = ()) -> int:
+        """Commit the written files (and replaced files) as one snapshot carrying ``marker``."""
+        from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException
+
+        props = {k: str(v) for k, v in marker.items()}
+        replace = list(replace)
+        try:
+            for _, keep in replace:
+                self.write(keep, source_rows=False)
+            self.flush(source_rows=True)
+            self.flush(source_rows=False)
+            with self._producer(props, bool(replace)) as producer:
+                for old, _ in replace:
+                    producer.delete_data_file(old)
+                for data_file in self.written.files:
+                    producer.append_data_file(data_file)
+        except CatalogError:
+            raise
+        except Exception as exc:
+            raise CatalogError(f"preparing the commit of {self.owner.config.target} failed: {_first_line(exc)}") from exc
+        try:
+            self.owner.table = self.tx.commit_transaction()
+        except CommitFailedException as exc:
+            raise CommitConflictError(f"{self.owner.config.target}: another writer committed first ({exc})") from exc
+        except (CommitStateUnknownException, Exception) as exc:
+            raise CommitUnknownError(f"{self.owner.config.target}: commit outcome unknown: {_first_line(exc)}") from exc
+        snapshot = self.owner.table.current_snapshot()
+        return int(snapshot.snapshot_id)
+
+    def _producer(self, props: dict[str, str], overwrite: bool) -> Any:
+        update = self.tx.update_snapshot(snapshot_properties=props)
+        return update.overwrite() if overwrite else update.fast_append()
+
+    def discard(self) -> None:
+        """Delete the files of a window that will not be committed (best effort)."""
+        for files in (self._files, self._carried):
+            for path in files.abandon():
+                try:
+                    self.io.delete(path)
+                except Exception:  # noqa: S110 - an orphan file is harmless; maintenance removes it
+                    pass
+        self.written = WrittenFiles(files=[])
+
+
+def _metadata_version(path: str) -> int | None:
+    name = path.rsplit("/", 1)[-1]
+    head = name.split("-", 1)[0]
+    if head.startswith("v"):
+        head = head[1:].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _list_files(io: Any, folder: str) -> list[str]:
+    """Full locations of the files directly in ``folder``, through the table's FileIO."""
+    from pyarrow.fs import FileSelector, FileType
+
+    scheme, netloc, path = io.parse_location(folder)
+    fs = io.fs_by_scheme(scheme, netloc)
+    prefix = folder[: len(folder) - len(path)] if folder.endswith(path) else f"{scheme}://"
+    infos = fs.get_file_info(FileSelector(path, allow_not_found=True))
+    return [prefix + info.path for info in infos if info.type == FileType.File]
+
+
+# ---------------------------------------------------------------------------------------
+# Schema evolution
+
+_PROMOTIONS = {("int", "long"), ("float", "double")}
+
+
+def _type_key(t: Any) -> str:
+    return str(t).split("(")[0]
+
+
+def plan_evolution(current: Any, source: Any, table_name: str) -> list[Any]:
+    """The schema updates that make ``current`` accept rows of ``source``; SchemaError if none can.
+
+    Columns new in the source are added (optional); int→long, float→double and decimal
+    precision widening are promoted; a source type narrower than the table's is written
+    widened. A type changed otherwise, or a required column gone from the source, stops
+    the table: no silent change.
+    """
+    from pyiceberg.types import DecimalType
+
+    changes: list[Any] = []
+    problems: list[str] = []
+    source_fields = {f.name: f for f in source.fields}
+    current_fields = {f.name: f for f in current.fields}
+    for name, field in current_fields.items():
+        if name not in source_fields and field.required:
+            problems.append(f"required column {name!r} ({field.field_type}) was dropped from the source")
+    for name, field in source_fields.items():
+        have = current_fields.get(name)
+        if have is None:
+            changes.append(lambda u, f=field: u.add_column(f.name, f.field_type, doc=f.doc))
+            continue
+        old, new = have.field_type, field.field_type
+        if old == new:
+            continue
+        if (_type_key(old), _type_key(new)) in _PROMOTIONS:
+            changes.append(lambda u, n=name, t=new: u.update_column(n, field_type=t))
+        elif (_type_key(new), _type_key(old)) in _PROMOTIONS:
+            continue  # the source narrowed within what the table holds: written widened
+        elif isinstance(old, DecimalType) and isinstance(new, DecimalType) and old.scale == new.scale:
+            if new.precision > old.precision:
+                changes.append(lambda u, n=name, t=new: u.update_column(n, field_type=t))
+        else:
+            problems.append(f"column {name!r} changed type from {old} to {new}, which Iceberg cannot evolve")
+        if field.required is False and have.required:
+            changes.append(lambda u, n=name: u.update_column(n, required=False))
+    if problems:
+        raise SchemaError(f"table {table_name}: " + "; ".join(problems) + "; the cursor was not moved")
+    return changes
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]

@@ -1,0 +1,291 @@
+"""offloader's own state store (PostgreSQL, or SQLite for the embedded default).
+
+It owns three things: the schema in ``catalog/*.sql`` (applied idempotently at start), the
+mirror of each table's committed cursor (``offloader_watermarks``), the run history
+(``offloader_runs``), and the per-table runner lock: a PostgreSQL session advisory lock, or
+a file lock beside the SQLite database. The mirror is for operators and metrics only; the
+Iceberg marker is the truth, and :func:`compare` says whether the mirror is behind or ahead.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote as urlquote
+from urllib.parse import urlsplit
+
+from offloader.config import StateConfig
+from offloader.errors import StateError
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "catalog"
+_PACKAGED_SCHEMA = Path(__file__).resolve().parent / "sql"
+
+
+@dataclass(frozen=True)
+class Mirror:
+    table_name: str
+    cursor: list[Any] | None
+    snapshot_id: int | None
+    run_id: str | None
+    updated_at: float
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    table_name: str
+    started_at: float
+    finished_at: float | None = None
+    window_lo: str | None = None
+    window_hi: str | None = None
+    windows: int = 0
+    rows_written: int = 0
+    bytes_written: int = 0
+    files_written: int = 0
+    snapshot_id: int | None = None
+    duration_seconds: float | None = None
+    outcome: str = "running"
+    error_class: str | None = None
+    error_message: str | None = None
+
+
+def schema_files() -> list[Path]:
+    for folder in (SCHEMA_DIR, _PACKAGED_SCHEMA):
+        files = sorted(folder.glob("*.sql"))
+        if files:
+            return files
+    raise StateError(f"no state schema files found in {SCHEMA_DIR}")
+
+
+def _url(config: StateConfig) -> str:
+    dsn = config.dsn
+    if dsn.startswith("postgresql://"):
+        dsn = "postgresql+psycopg2://" + dsn[len("postgresql://") :]
+    if config.password is not None and not config.is_sqlite:
+        parts = urlsplit(dsn)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        netloc = f"{urlquote(parts.username or '', safe='')}:{urlquote(config.password.reveal(), safe='')}@{host}"
+        dsn = parts._replace(netloc=netloc).geturl()
+    return dsn
+
+
+def lock_key(table: str) -> int:
+    """A stable signed 64-bit advisory lock key for a table."""
+    return int.from_bytes(hashlib.sha256(f"offloader:{table}".encode()).digest()[:8], "big", signed=True)
+
+
+class StateStore:
+    """The watermark mirror, run history and runner locks."""
+
+    def __init__(self, config: StateConfig) -> None:
+        from sqlalchemy import create_engine
+
+        self.config = config
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if config.is_sqlite:
+            path = Path(config.dsn[len("sqlite:///") :])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_dir = path.parent
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        else:
+            kwargs["connect_args"] = {"connect_timeout": 10, "application_name": "offloader"}
+        try:
+            self.engine = create_engine(_url(config), **kwargs)
+        except Exception as exc:
+            raise StateError(f"cannot open the state store {config.display_dsn}: {_first_line(exc)}") from exc
+
+    @contextmanager
+    def _connection(self, what: str) -> Iterator[Any]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except StateError:
+            raise
+        except Exception as exc:
+            raise StateError(f"state store ({self.config.display_dsn}) failed to {what}: {_first_line(exc)}") from exc
+
+    def migrate(self) -> None:
+        """Apply the schema files; safe to run at every start, from several processes at once."""
+        from sqlalchemy import text
+
+        with self._connection("apply its schema") as conn:
+            if not self.config.is_sqlite:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key("__schema__")})
+            for file in schema_files():
+                body = "\n".join(ln for ln in file.read_text().splitlines() if not ln.strip().startswith("--"))
+                for statement in body.split(";"):
+                    if statement.strip():
+                        conn.execute(text(statement))
+
+    def ping(self) -> None:
+        from sqlalchemy import text
+
+        with self._connection("answer") as conn:
+            conn.execute(text("SELECT 1"))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- the mirror ----------------------------------------------------------------------
+
+    def mirror(self, table: str) -> Mirror | None:
+        from sqlalchemy import text
+
+        with self._connection("read the watermark mirror") as conn:
+            row = conn.execute(
+                text(
+                    "SELECT table_name, cursor_json, snapshot_id, run_id, updated_at FROM offloader_watermarks WHERE table_name = :t"
+                ),
+                {"t": table},
+            ).first()
+        if row is None:
+            return None
+        return Mirror(row[0], json.loads(row[1]) if row[1] else None, row[2], row[3], float(row[4]))
+
+    def mirrors(self) -> dict[str, Mirror]:
+        from sqlalchemy import text
+
+        with self._connection("read the watermark mirror") as conn:
+            rows = conn.execute(
+                text("SELECT table_name, cursor_json, snapshot_id, run_id, updated_at FROM offloader_watermarks")
+            ).all()
+        return {r[0]: Mirror(r[0], json.loads(r[1]) if r[1] else None, r[2], r[3], float(r[4])) for r in rows}
+
+    def set_mirror(self, table: str, target: str, cursor: list[Any] | None, snapshot_id: int | None, run_id: str | None) -> None:
+        from sqlalchemy import text
+
+        params = {
+            "t": table, "target": target, "c": json.dumps(cursor) if cursor is not None else None,
+            "s": snapshot_id, "r": run_id, "u": time.time(),
+        }  # fmt: skip
+        with self._connection("update the watermark mirror") as conn:
+            updated = conn.execute(
+                text(
+                    "UPDATE offloader_watermarks SET target = :target, cursor_json = :c, snapshot_id = :s,"
+                    " run_id = :r, updated_at = :u WHERE table_name = :t"
+                ),
+                params,
+            ).rowcount
+            if not updated:
+                conn.execute(
+                    text(
+                        "INSERT INTO offloader_watermarks (table_name, target, cursor_json, snapshot_id, run_id, updated_at)"
+                        " VALUES (:t, :target, :c, :s, :r, :u)"
+                    ),
+                    params,
+                )
+
+    def delete_mirror(self, table: str) -> None:
+        from sqlalchemy import text
+
+        with self._connection("delete a watermark mirror row") as conn:
+            conn.execute(text("DELETE FROM offloader_watermarks WHERE table_name = :t"), {"t": table})
+
+    # -- run history ---------------------------------------------------------------------
+
+    def record_run(self, run: RunRecord) -> None:
+        from sqlalchemy import text
+
+        values = dict(run.__dict__)
+        cols = ", ".join(values)
+        with self._connection("record a run") as conn:
+            updated = conn.execute(
+                text(
+                    "UPDATE offloader_runs SET "
+                    + ", ".join(f"{c} = :{c}" for c in values if c != "run_id")
+                    + " WHERE run_id = :run_id"
+                ),
+                values,
+            ).rowcount
+            if not updated:
+                conn.execute(text(f"INSERT INTO offloader_runs ({cols}) VALUES ({', '.join(':' + c for c in values)})"), values)
+
+    def runs(self, table: str | None = None, limit: int = 20) -> list[RunRecord]:
+        from sqlalchemy import text
+
+        fields = ", ".join(RunRecord.__dataclass_fields__)
+        where = "WHERE table_name = :t" if table else ""
+        with self._connection("read the run history") as conn:
+            rows = conn.execute(
+                text(f"SELECT {fields} FROM offloader_runs {where} ORDER BY started_at DESC LIMIT :n"),
+                {"t": table, "n": limit},
+            ).all()
+        return [RunRecord(*row) for row in rows]
+
+    def last_runs(self) -> dict[str, RunRecord]:
+        """The newest run of every table."""
+        from sqlalchemy import text
+
+        fields = ", ".join(f"r.{f}" for f in RunRecord.__dataclass_fields__)
+        with self._connection("read the run history") as conn:
+            rows = conn.execute(
+                text(
+                    f"SELECT {fields} FROM offloader_runs r JOIN (SELECT table_name, max(started_at) AS s"
+                    " FROM offloader_runs GROUP BY table_name) m ON r.table_name = m.table_name AND r.started_at = m.s"
+                )
+            ).all()
+        return {row[1]: RunRecord(*row) for row in rows}
+
+    def prune_runs(self, older_than: float) -> int:
+        from sqlalchemy import text
+
+        with self._connection("prune the run history") as conn:
+            return int(conn.execute(text("DELETE FROM offloader_runs WHERE started_at < :c"), {"c": older_than}).rowcount)
+
+    # -- runner locks --------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, table: str) -> Iterator[bool]:
+        """Try to take the table's runner lock; yields whether it was taken. Never waits."""
+        if self.config.is_sqlite:
+            with self._file_lock(table) as taken:
+                yield taken
+            return
+        from sqlalchemy import text
+
+        key = lock_key(table)
+        try:
+            conn = self.engine.connect()
+            taken = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            conn.commit()
+        except Exception as exc:
+            raise StateError(
+                f"state store ({self.config.display_dsn}) failed to take the lock of {table}: {_first_line(exc)}"
+            ) from exc
+        try:
+            yield taken
+        finally:
+            try:
+                if taken:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+            except Exception:  # noqa: S110 - closing the session releases the lock anyway
+                conn.invalidate()
+            finally:
+                conn.close()
+
+    @contextmanager
+    def _file_lock(self, table: str) -> Iterator[bool]:
+        path = self._lock_dir / f".offloader-{table}.lock"
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]
