@@ -71,3 +71,22 @@ def test_failed_upstream_skips_its_dependents_and_exits_1(ws: Workspace) -> None
     assert "trades: committed 10 rows" in result.stdout
     assert "broken: FAILED: source table k2.missing does not exist" in result.stderr
     assert "silver: skipped: upstream broken did not complete this cycle" in result.stdout
+
+
+def test_transient_errors_are_retried_with_backoff_and_each_retry_is_logged(ws: Workspace) -> None:
+    """A table whose source is down is retried with backoff, each retry logged with its attempt number, then fails."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once the socket is closed
+    ws.source_dsn = f"http://default@127.0.0.1:{port}/k2"
+    ws.tables = [trades_table()]
+    ws.schedule.update(retry_attempts=3, retry_backoff="0.1s", retry_backoff_max="1s")
+    result = offloader(ws, "--log-level", "warning", "once")
+    assert result.returncode == 1
+    retries = [json.loads(line) for line in result.stderr.splitlines() if '"table_retry"' in line]
+    assert [r["attempt"] for r in retries] == [2, 3]
+    assert [r["delay_seconds"] for r in retries] == [0.1, 0.2]
+    assert all(r["error_type"] == "source_error" and r["table"] == "trades" for r in retries)
+    assert f"trades: FAILED: cannot connect to ClickHouse at http://default@127.0.0.1:{port}/k2" in result.stderr
