@@ -24,6 +24,12 @@ Every adapter catches its library's errors once and re-raises one of these ``fro
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of a library error's text (bounded), for one-line messages."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]
+
+
 class OffloaderError(Exception):
     """Base of every error offloader raises on purpose."""
 

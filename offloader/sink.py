@@ -34,6 +34,7 @@ from offloader.errors import (
     CommitConflictError,
     CommitUnknownError,
     SchemaError,
+    first_line,
 )
 
 MARKER_PREFIX = "offloader."
@@ -104,14 +105,14 @@ class Sink:
                 # PyIceberg creates the SQL catalog's own tables check-then-create: two
                 # processes starting together on a new database can collide once.
                 if attempt == 2:
-                    raise CatalogError(f"cannot open the Iceberg catalog {config.name!r}: {_first_line(exc)}") from exc
+                    raise CatalogError(f"cannot open the Iceberg catalog {config.name!r}: {first_line(exc)}") from exc
                 time.sleep(0.2 * (attempt + 1))
 
     def ping(self) -> None:
         try:
             self.catalog.list_namespaces()
         except Exception as exc:
-            raise CatalogError(f"the Iceberg catalog does not answer: {_first_line(exc)}") from exc
+            raise CatalogError(f"the Iceberg catalog does not answer: {first_line(exc)}") from exc
 
     def open(self, table: TableConfig, schema: Any, file_size: int | None = None) -> SinkTable:
         """Load the destination table, creating it (and its namespace) on first use."""
@@ -146,7 +147,7 @@ class Sink:
         except (SchemaError, CatalogError):
             raise
         except Exception as exc:
-            raise CatalogError(f"cannot open Iceberg table {identifier}: {_first_line(exc)}") from exc
+            raise CatalogError(f"cannot open Iceberg table {identifier}: {first_line(exc)}") from exc
 
     def load(self, identifier: str) -> Any | None:
         """The raw table if it exists (for status), else None."""
@@ -157,7 +158,7 @@ class Sink:
         except NoSuchTableError:
             return None
         except Exception as exc:
-            raise CatalogError(f"cannot load Iceberg table {identifier}: {_first_line(exc)}") from exc
+            raise CatalogError(f"cannot load Iceberg table {identifier}: {first_line(exc)}") from exc
 
 
 def _partition_spec(table: TableConfig, schema: Any) -> Any:
@@ -211,7 +212,7 @@ class SinkTable:
             try:
                 self.table = self.table.transaction().set_properties({"commit.retry.num-retries": "0"}).commit_transaction()
             except Exception as exc:
-                raise CatalogError(f"cannot set commit.retry.num-retries=0 on {self.config.target}: {_first_line(exc)}") from exc
+                raise CatalogError(f"cannot set commit.retry.num-retries=0 on {self.config.target}: {first_line(exc)}") from exc
 
     @property
     def schema(self) -> Any:
@@ -221,7 +222,7 @@ class SinkTable:
         try:
             self.table = self.table.refresh()
         except Exception as exc:
-            raise CatalogError(f"cannot reload Iceberg table {self.config.target}: {_first_line(exc)}") from exc
+            raise CatalogError(f"cannot reload Iceberg table {self.config.target}: {first_line(exc)}") from exc
 
     # -- the marker ----------------------------------------------------------------------
 
@@ -306,7 +307,7 @@ class SinkTable:
         except SchemaError:
             raise
         except Exception as exc:
-            raise CatalogError(f"cannot start a transaction on {self.config.target}: {_first_line(exc)}") from exc
+            raise CatalogError(f"cannot start a transaction on {self.config.target}: {first_line(exc)}") from exc
 
 
 class _RollingFiles:
@@ -518,7 +519,7 @@ class Window:
             for data_file in files.write(table):
                 self._add(data_file, source_rows)
         except Exception as exc:
-            raise CatalogError(f"writing data files for {self.owner.config.target} failed: {_first_line(exc)}") from exc
+            raise CatalogError(f"writing data files for {self.owner.config.target} failed: {first_line(exc)}") from exc
 
     def flush(self, *, source_rows: bool = True) -> None:
         """Close every open file of the source rows (or of the carried rows)."""
@@ -527,7 +528,7 @@ class Window:
             for data_file in files.finish():
                 self._add(data_file, source_rows)
         except Exception as exc:
-            raise CatalogError(f"writing data files for {self.owner.config.target} failed: {_first_line(exc)}") from exc
+            raise CatalogError(f"writing data files for {self.owner.config.target} failed: {first_line(exc)}") from exc
 
     def _add(self, data_file: Any, source_rows: bool) -> None:
         self.written.files.append(data_file)
@@ -554,7 +555,7 @@ class Window:
                 keep = rows.filter(pc.invert(pc.fill_null(inside, False)))
                 result.append((task.file, keep))
         except Exception as exc:
-            raise CatalogError(f"reading files to replace in {self.owner.config.target} failed: {_first_line(exc)}") from exc
+            raise CatalogError(f"reading files to replace in {self.owner.config.target} failed: {first_line(exc)}") from exc
         return result
 
     def commit(self, marker: Mapping[str, str], replace: Iterable[tuple[Any, pa.Table]] = ()) -> int:
@@ -576,13 +577,13 @@ class Window:
         except CatalogError:
             raise
         except Exception as exc:
-            raise CatalogError(f"preparing the commit of {self.owner.config.target} failed: {_first_line(exc)}") from exc
+            raise CatalogError(f"preparing the commit of {self.owner.config.target} failed: {first_line(exc)}") from exc
         try:
             self.owner.table = self.tx.commit_transaction()
         except CommitFailedException as exc:
             raise CommitConflictError(f"{self.owner.config.target}: another writer committed first ({exc})") from exc
         except (CommitStateUnknownException, Exception) as exc:
-            raise CommitUnknownError(f"{self.owner.config.target}: commit outcome unknown: {_first_line(exc)}") from exc
+            raise CommitUnknownError(f"{self.owner.config.target}: commit outcome unknown: {first_line(exc)}") from exc
         snapshot = self.owner.table.current_snapshot()
         return int(snapshot.snapshot_id)
 
@@ -669,8 +670,3 @@ def plan_evolution(current: Any, source: Any, table_name: str) -> list[Any]:
     if problems:
         raise SchemaError(f"table {table_name}: " + "; ".join(problems) + "; the cursor was not moved")
     return changes
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from offloader.config import SourceConfig
-from offloader.errors import SchemaError, SourceError
+from offloader.errors import SchemaError, SourceError, first_line
 
 TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 TS_PARAM = "DateTime64(9, 'UTC')"
@@ -70,7 +70,7 @@ class ChdbEngine:
             with self._lock:
                 return self._conn.query(sql, fmt, params=_param_strings(params))
         except Exception as exc:
-            raise SourceError(f"ClickHouse query failed: {_first_line(exc)}") from exc
+            raise SourceError(f"ClickHouse query failed: {first_line(exc)}") from exc
 
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         result = self._query(sql, "Arrow", params)
@@ -91,14 +91,14 @@ class ChdbEngine:
             conn = chdb.connect(self.path)
             result = conn.send_query(sql, "ArrowStream", params=_param_strings(params))
         except Exception as exc:
-            raise SourceError(f"ClickHouse query failed: {_first_line(exc)}") from exc
+            raise SourceError(f"ClickHouse query failed: {first_line(exc)}") from exc
         try:
             for chunk in result:
                 data = chunk.bytes()
                 if data:
                     yield from pa.ipc.open_stream(pa.py_buffer(data))
         except Exception as exc:
-            raise SourceError(f"ClickHouse stream failed: {_first_line(exc)}") from exc
+            raise SourceError(f"ClickHouse stream failed: {first_line(exc)}") from exc
         finally:
             try:
                 result.cancel()
@@ -139,20 +139,20 @@ class HttpEngine:
         try:
             self._client = clickhouse_connect.get_client(**kwargs)
         except Exception as exc:
-            raise SourceError(f"cannot connect to ClickHouse at {self.display}: {_first_line(exc)}") from exc
+            raise SourceError(f"cannot connect to ClickHouse at {self.display}: {first_line(exc)}") from exc
 
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         try:
             table = self._client.query_arrow(sql, parameters=params or {})
         except Exception as exc:
-            raise SourceError(f"ClickHouse query failed ({self.display}): {_first_line(exc)}") from exc
+            raise SourceError(f"ClickHouse query failed ({self.display}): {first_line(exc)}") from exc
         return list(zip(*(col.to_pylist() for col in table.columns), strict=True)) if table.num_columns else []
 
     def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         try:
             self._client.command(sql, parameters=params or {})
         except Exception as exc:
-            raise SourceError(f"ClickHouse command failed ({self.display}): {_first_line(exc)}") from exc
+            raise SourceError(f"ClickHouse command failed ({self.display}): {first_line(exc)}") from exc
 
     def stream(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
         try:
@@ -160,7 +160,7 @@ class HttpEngine:
                 for table in stream:
                     yield from (table.to_batches() if isinstance(table, pa.Table) else [table])
         except Exception as exc:
-            raise SourceError(f"ClickHouse stream failed ({self.display}): {_first_line(exc)}") from exc
+            raise SourceError(f"ClickHouse stream failed ({self.display}): {first_line(exc)}") from exc
 
     def close(self) -> None:
         try:
@@ -236,11 +236,6 @@ def _param_strings(params: dict[str, Any] | None) -> dict[str, Any]:
             value = str(value).translate(_ESCAPES)
         out[key] = value
     return out
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
 
 
 def connect(config: SourceConfig) -> Engine:

@@ -22,7 +22,7 @@ from urllib.parse import quote as urlquote
 from urllib.parse import urlsplit
 
 from offloader.config import StateConfig
-from offloader.errors import StateError
+from offloader.errors import StateError, first_line
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "catalog"
 _PACKAGED_SCHEMA = Path(__file__).resolve().parent / "sql"
@@ -99,7 +99,7 @@ class StateStore:
         try:
             self.engine = create_engine(_url(config), **kwargs)
         except Exception as exc:
-            raise StateError(f"cannot open the state store {config.display_dsn}: {_first_line(exc)}") from exc
+            raise StateError(f"cannot open the state store {config.display_dsn}: {first_line(exc)}") from exc
 
     @contextmanager
     def _connection(self, what: str) -> Iterator[Any]:
@@ -109,7 +109,7 @@ class StateStore:
         except StateError:
             raise
         except Exception as exc:
-            raise StateError(f"state store ({self.config.display_dsn}) failed to {what}: {_first_line(exc)}") from exc
+            raise StateError(f"state store ({self.config.display_dsn}) failed to {what}: {first_line(exc)}") from exc
 
     def migrate(self) -> None:
         """Apply the schema files; safe to run at every start, from several processes at once."""
@@ -257,7 +257,7 @@ class StateStore:
             conn.commit()
         except Exception as exc:
             raise StateError(
-                f"state store ({self.config.display_dsn}) failed to take the lock of {table}: {_first_line(exc)}"
+                f"state store ({self.config.display_dsn}) failed to take the lock of {table}: {first_line(exc)}"
             ) from exc
         try:
             yield taken
@@ -284,8 +284,3 @@ class StateStore:
                 yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
