@@ -202,7 +202,15 @@ class TableOffload:
         mirror = self.state.mirror(self.table.name)
         truth = Cursor.from_json(marker.cursor) if marker else None
         claimed = Cursor.from_json(mirror.cursor) if mirror and mirror.cursor else None
-        if claimed is not None and (truth is None or claimed.sort_key() > truth.sort_key()):
+        try:
+            ahead = claimed is not None and (truth is None or claimed.sort_key() > truth.sort_key())
+        except TypeError:  # a hand-edited mirror whose values are not of the cursor's types
+            raise MirrorAheadError(
+                f"the state mirror of {self.table.name} holds cursor {claimed.to_json() if claimed else None}, which cannot be "
+                f"compared with Iceberg's {truth.to_json() if truth else None}; refusing to run. "
+                f"Run `offloader mirror reset --table {self.table.name}` to rebuild it from Iceberg"
+            ) from None
+        if ahead and claimed is not None:
             raise MirrorAheadError(
                 f"the state mirror of {self.table.name} claims cursor {claimed.to_json()} but Iceberg "
                 f"{self.table.target} holds {truth.to_json() if truth else 'nothing'}; refusing to run, "

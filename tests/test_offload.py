@@ -453,3 +453,37 @@ def test_random_sigkills_then_rerun_is_exact(ws: Workspace) -> None:
     final = ws.run_once()
     assert final.returncode == 0, final.stderr[-2000:]
     assert_exact(ws)
+
+
+def test_unusual_cursor_types_nanoseconds_time_zone_and_string_tie_breaker(ws: Workspace) -> None:
+    """A DateTime64(9) cursor in a non-UTC zone with a String tie-breaker full of escapes is taken exactly once."""
+    ws.tables = [
+        {
+            "name": "odd_cursor", "source": "k2.odd_cursor", "target": "cold.odd_cursor", "layer": "bronze",
+            "cursor": ["ts", "tag"], "truncate_datetime64": True,
+        }
+    ]  # fmt: skip
+    ws.source["max_window"] = "1ms"
+    ws.engine.command("CREATE DATABASE IF NOT EXISTS k2")
+    ws.engine.command(
+        "CREATE TABLE k2.odd_cursor (ts DateTime64(9, 'Asia/Tokyo'), tag String, v UInt32) ENGINE = MergeTree ORDER BY (ts, tag)"
+    )
+    tags = ["a", "a\\\\b", "tab\\there", "new\\nline", "quote\\'", 'dq"', "back`tick", "ünï", ""]
+    values = ", ".join(
+        f"(toDateTime64('2026-01-01 09:00:00', 9, 'Asia/Tokyo') + toIntervalNanosecond({(i // 3) * 700_001}), '{t}', {i})"
+        for i, t in enumerate(tags * 20)
+    )
+    ws.engine.command(f"INSERT INTO k2.odd_cursor (ts, tag, v) VALUES {values}")
+    app = ws.app()
+    (first,) = app.run_cycle()
+    assert first.outcome == "committed", first.reason
+    ws.engine.command(
+        "INSERT INTO k2.odd_cursor SELECT toDateTime64('2026-01-01 09:00:01', 9, 'Asia/Tokyo') + toIntervalNanosecond(number), "
+        "concat('late\\\\', toString(number)), 1000 + number FROM numbers(50)"
+    )
+    (second,) = app.run_cycle()
+    assert second.outcome == "committed" and second.rows == 50
+    source = sorted(ws.engine.rows("SELECT tag, v FROM k2.odd_cursor"))
+    cold = sorted(ws.iceberg_local("cold.odd_cursor", "tag, v"))
+    assert cold == source and len(cold) == len(tags) * 20 + 50
+    app.close()
