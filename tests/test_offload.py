@@ -487,3 +487,30 @@ def test_unusual_cursor_types_nanoseconds_time_zone_and_string_tie_breaker(ws: W
     cold = sorted(ws.iceberg_local("cold.odd_cursor", "tag, v"))
     assert cold == source and len(cold) == len(tags) * 20 + 50
     app.close()
+
+
+def test_tables_are_created_format_v2_zstd3_with_their_partition_spec_and_file_size(ws: Workspace) -> None:
+    """Tables are created from config: format v2, the partition spec asked for, zstd level 3 files rolled at the target size."""
+    import pyarrow.parquet as pq
+
+    ws.tables = [trades_table(partition_by=["day(exchange_timestamp)", "symbol"], target_file_size="64KiB")]
+    ws.offload["batch_size"] = "256KiB"  # files roll over between chunks
+    ws.create_trades()
+    ws.insert_trades(60_000, start="2026-01-01 23:50:00", step_us=20_000)  # crosses midnight: two days
+    app = ws.app()
+    (result,) = app.run_cycle()
+    table = ws.iceberg_table("cold.trades")
+    assert table.metadata.format_version == 2
+    assert table.properties["write.parquet.compression-codec"] == "zstd"
+    assert table.properties["write.parquet.compression-level"] == "3"
+    assert table.properties["commit.retry.num-retries"] == "0"
+    assert [(str(f.transform), f.name) for f in table.spec().fields] == [("day", "exchange_timestamp_day"), ("identity", "symbol")]
+    files = [task.file for task in table.scan().plan_files()]
+    partitions = {(f.partition[0], f.partition[1]) for f in files}
+    assert len(partitions) == 6, "two days times three symbols"
+    assert len(files) > len(partitions), "files rolled over at the 64 KiB target"
+    assert result.files == len(files)
+    meta = pq.ParquetFile(files[0].file_path.removeprefix("file://")).metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    assert_exact(ws)
+    app.close()
