@@ -136,6 +136,8 @@ def _report(results: list[TableResult]) -> int:
             print(f"{r.table}: committed {r.rows:,} rows in {r.windows} window(s), {r.files} file(s), {r.duration:.2f}s")
         elif r.outcome == "nothing_new":
             print(f"{r.table}: nothing new ({r.duration:.2f}s)")
+        elif r.outcome == "stopped":
+            print(f"{r.table}: stopped after {r.rows:,} rows in {r.windows} window(s): {r.reason}")
         elif r.outcome == "skipped":
             print(f"{r.table}: skipped: {r.reason}")
             failed += 0 if r.error is not None else 1  # a lock held elsewhere is not a failure

@@ -45,7 +45,7 @@ from offloader.errors import (
     WindowMismatchError,
 )
 from offloader.faults import checkpoint
-from offloader.sink import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, Marker, Sink, SinkTable
+from offloader.sink import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, Marker, Sink, SinkTable, WindowWrite
 from offloader.source import Cursor, Engine, Source, Window, format_time, parse_time, read_ahead
 from offloader.state import RunRecord, StateStore
 
@@ -65,7 +65,7 @@ class TableResult:
 
     table: str
     run_id: str
-    outcome: str  # committed | nothing_new | skipped | failed
+    outcome: str  # committed | nothing_new | skipped | stopped | failed
     rows: int = 0
     bytes: int = 0
     files: int = 0
@@ -144,6 +144,11 @@ class TableOffload:
             log.info("table_started", mode=self.table.mode)
             try:
                 self._run_locked(result, record, log)
+            except ShutdownRequested as exc:
+                result.outcome = "stopped"
+                result.error = exc
+                result.reason = str(exc)
+                log.info("table_stopped", reason=result.reason, windows=result.windows, rows=result.rows)
             except OffloaderError as exc:
                 result.outcome = "failed"
                 result.error = exc
@@ -260,7 +265,7 @@ class TableOffload:
 
     # -- one window ----------------------------------------------------------------------
 
-    def _write_window(self, source: Source, sink_table: SinkTable, plans: Any, schema: Any, window: Window) -> Any:
+    def _write_window(self, source: Source, sink_table: SinkTable, plans: Any, schema: Any, window: Window) -> WindowWrite:
         """Stream the window's rows into data files of an open transaction; return it."""
         tx = sink_table.begin(schema)
         try:
@@ -290,7 +295,7 @@ class TableOffload:
             tx.discard()
             raise
 
-    def _commit(self, sink_table: SinkTable, tx: Any, marker: dict[str, Any], replaced: list[Any], log: Any) -> int:
+    def _commit(self, sink_table: SinkTable, tx: WindowWrite, marker: dict[str, Any], replaced: list[Any], log: Any) -> int:
         """Commit one window; settle an unknown outcome from the snapshot history."""
         try:
             return int(tx.commit(marker, replaced))
@@ -337,7 +342,7 @@ class TableOffload:
         snapshot_id = self._commit(sink_table, tx, marker, [], log)
         return self._committed(tx, snapshot_id, stats.last.to_json(), window, result, log)
 
-    def _verify(self, tx: Any, expected: int, window: Window, result: TableResult, log: Any) -> None:
+    def _verify(self, tx: WindowWrite, expected: int, window: Window, result: TableResult, log: Any) -> None:
         if tx.written.rows == expected:
             log.debug("window_verified", rows=expected, window_hi=window.hi)
             return
@@ -351,7 +356,7 @@ class TableOffload:
         )
 
     def _committed(
-        self, tx: Any, snapshot_id: int, cursor: list[Any], window: Window, result: TableResult, log: Any
+        self, tx: WindowWrite, snapshot_id: int, cursor: list[Any], window: Window, result: TableResult, log: Any
     ) -> WindowResult:
         checkpoint("after_commit")
         pruned = tx.owner.prune_uncommitted_metadata()

@@ -294,7 +294,7 @@ class SinkTable:
 
     # -- writing -------------------------------------------------------------------------
 
-    def begin(self, source_schema: Any) -> Window:
+    def begin(self, source_schema: Any) -> WindowWrite:
         """Start the transaction of one window, evolving the schema inside it when needed."""
         try:
             tx = self.table.transaction()
@@ -303,7 +303,7 @@ class SinkTable:
                 with tx.update_schema() as update:
                     for change in changes:
                         change(update)
-            return Window(self, tx, changes=len(changes))
+            return WindowWrite(self, tx, changes=len(changes))
         except SchemaError:
             raise
         except Exception as exc:
@@ -487,7 +487,7 @@ def _split_partitions(spec: Any, schema: Any, table: pa.Table) -> Iterator[tuple
         yield part.partition_key, part.arrow_table_partition
 
 
-class Window:
+class WindowWrite:
     """The open transaction of one window: files are written, then committed as one snapshot."""
 
     def __init__(self, owner: SinkTable, tx: Any, changes: int) -> None:

@@ -166,6 +166,7 @@ def test_sigterm_during_a_cycle_exits_cleanly_and_the_next_start_resumes_exactly
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0 and time.monotonic() - started < 30
     assert '"event": "service_stopped"' in out
+    assert '"event": "table_stopped"' in out and '"event": "table_failed"' not in out, "a stop is not a failure"
     table = ws.iceberg_table("cold.trades")
     committed = table.scan().to_arrow().num_rows
     summaries = [s.summary.additional_properties for s in table.snapshots()]
