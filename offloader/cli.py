@@ -112,7 +112,9 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     try:
         if args.command == "once":
             tables = [config.table(args.table)] if args.table else None
-            return _report(app.run_cycle(tables, observer=_Progress(sys.stderr.isatty())))
+            stop = _stop_on_signals()
+            code = _report(app.run_cycle(tables, observer=_Progress(sys.stderr.isatty()), stop=stop))
+            return 130 if stop.is_set() else code
         if args.command == "status":
             return _status(app, args.json)
         if args.command == "history":
@@ -127,6 +129,23 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     finally:
         app.close()
     return EXIT_USAGE
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGINT/SIGTERM during `once`: the table in flight abandons its window before the commit."""
+    import signal
+
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():  # a second signal: leave now
+            raise KeyboardInterrupt
+        print("offloader: stopping; the window in flight is abandoned before its commit", file=sys.stderr)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    return stop
 
 
 def _report(results: list[TableResult]) -> int:

@@ -90,3 +90,42 @@ def test_transient_errors_are_retried_with_backoff_and_each_retry_is_logged(ws: 
     assert [r["delay_seconds"] for r in retries] == [0.1, 0.2]
     assert all(r["error_type"] == "source_error" and r["table"] == "trades" for r in retries)
     assert f"trades: FAILED: cannot connect to ClickHouse at http://default@127.0.0.1:{port}/k2" in result.stderr
+
+
+def test_sigterm_during_once_abandons_the_window_in_flight_and_a_rerun_is_exact(ws: Workspace) -> None:
+    """SIGTERM during `once` stops before the next commit, exits 130, and a re-run completes the table exactly."""
+    import signal
+    import time
+
+    ws.tables = [trades_table()]
+    ws.source["max_window"] = "1m"
+    ws.create_trades()
+    ws.insert_trades(60_000, start="2026-01-01 00:00:00", step_us=20_000)
+    ws.release()
+    ws.write_config()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "offloader", "--config", str(ws.config_path), "once"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if ws.iceberg_table("cold.trades").current_snapshot() is not None:
+                break
+        except Exception:  # the table does not exist yet
+            pass
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "trades: stopped after" in out
+    table = ws.iceberg_table("cold.trades")
+    assert table.scan().to_arrow().num_rows == sum(
+        int(s.summary.additional_properties["offloader.source-rows"]) for s in table.snapshots()
+    ), "only whole windows were committed"
+    rerun = offloader(ws, "once")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    from test_offload import assert_exact
+
+    assert_exact(ws)
