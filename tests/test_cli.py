@@ -113,7 +113,7 @@ def test_sigterm_during_once_abandons_the_window_in_flight_and_a_rerun_is_exact(
         try:
             if ws.iceberg_table("cold.trades").current_snapshot() is not None:
                 break
-        except Exception:  # the table does not exist yet
+        except Exception:  # noqa: S110 - the table does not exist yet
             pass
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
