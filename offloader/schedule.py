@@ -69,15 +69,14 @@ class Service:
         schedule = self.config.schedule
         own = [t for t in self.config.tables if t.cron]
         shared = [t for t in self.config.ordered_tables() if not t.cron]
-        first = datetime.now(UTC) if schedule.run_at_start else None
+        # next_run_time=None would add the job paused: leave it out to wait for the trigger
+        first: dict[str, Any] = {"next_run_time": datetime.now(UTC)} if schedule.run_at_start else {}
         if shared:
-            self.scheduler.add_job(
-                self.run_cycle, self._trigger(None), args=[shared], id="cycle", name="offload cycle", next_run_time=first
-            )
+            self.scheduler.add_job(self.run_cycle, self._trigger(None), args=[shared], id="cycle", name="offload cycle", **first)
         for table in own:
             self.scheduler.add_job(
                 self.run_cycle, self._trigger(table.cron), args=[[table]], id=f"table:{table.name}",
-                name=f"offload {table.name}", next_run_time=first,
+                name=f"offload {table.name}", **first,
             )  # fmt: skip
         self.scheduler.add_job(self._beat, "interval", seconds=HEARTBEAT_SECONDS, id="heartbeat", executor="heartbeat")
         self.scheduler.add_job(self._maintenance, self._trigger(schedule.maintenance_cron), id="maintenance", name="maintenance")

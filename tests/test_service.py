@@ -251,3 +251,33 @@ def test_no_secret_reaches_logs_metrics_or_endpoints(ws: Workspace) -> None:
     for text in [out, err, status.stdout, status.stderr, *bodies]:
         assert SENTINEL not in text
     assert '"event": "offload_committed"' in out
+
+
+def test_schedule_jobs_follow_config_cron_per_table_cron_and_run_at_start(ws: Workspace) -> None:
+    """The cycle runs on [schedule] cron, a table with its own cron runs apart, and run_at_start=false waits for the cron."""
+    from datetime import UTC, datetime, timedelta
+
+    from offloader.schedule import Service
+
+    ws.tables = [trades_table(), trades_table("hourly", source="k2.trades", target="cold.hourly", cron="0 * * * *")]
+    ws.schedule.update(cron="*/15 * * * *", run_at_start=False, maintenance_cron="0 2 * * *")
+    ws.create_trades()
+    app = ws.app()
+    service = Service(app)
+    try:
+        service.start()
+        jobs = {job.id: job for job in service.scheduler.get_jobs()}
+        assert set(jobs) == {"cycle", "table:hourly", "heartbeat", "maintenance"}
+        assert [t.name for t in jobs["cycle"].args[0]] == ["trades"]
+        assert [t.name for t in jobs["table:hourly"].args[0]] == ["hourly"]
+        now = datetime.now(UTC)
+        cycle_next, hourly_next = jobs["cycle"].next_run_time, jobs["table:hourly"].next_run_time
+        assert cycle_next.minute % 15 == 0 and cycle_next.second == 0 and now < cycle_next <= now + timedelta(minutes=15)
+        assert hourly_next.minute == 0 and now < hourly_next <= now + timedelta(hours=1)
+        assert jobs["maintenance"].next_run_time.hour == 2
+        next_runs = service.next_runs()
+        assert next_runs == {"trades": cycle_next.isoformat(), "hourly": hourly_next.isoformat()}
+        assert service.cycles_done == 0, "run_at_start = false: nothing ran at start"
+    finally:
+        service.shutdown()
+        app.close()
