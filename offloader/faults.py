@@ -5,6 +5,10 @@
 is most interesting for exactly-once: after the window was read, after its files were
 written, after the Iceberg commit, after the state mirror was updated. Unset, a checkpoint
 costs one dictionary lookup.
+
+``OFFLOADER_LOSE_COMMIT_REPLY=before|after`` makes the commit's reply go missing, as when the
+catalog connection dies mid-commit: ``before`` the commit is sent (it never lands), or ``after``
+it landed. Either way the offload must settle the outcome from the snapshot history.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections import Counter
 
 POINTS = ("after_read", "after_write", "after_commit", "after_state")
 ENV = "OFFLOADER_KILL_AT"
+LOSE_REPLY_ENV = "OFFLOADER_LOSE_COMMIT_REPLY"
 _seen: Counter[str] = Counter()
 
 
@@ -29,3 +34,8 @@ def checkpoint(point: str) -> None:
     _seen[point] += 1
     if _seen[point] >= int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def reply_lost(moment: str) -> bool:
+    """Whether the environment asks for the commit's reply to be lost at ``moment`` (before/after)."""
+    return os.environ.get(LOSE_REPLY_ENV) == moment

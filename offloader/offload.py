@@ -44,7 +44,7 @@ from offloader.errors import (
     ShutdownRequested,
     WindowMismatchError,
 )
-from offloader.faults import checkpoint
+from offloader.faults import checkpoint, reply_lost
 from offloader.sink import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, Marker, Sink, SinkTable, WindowWrite
 from offloader.source import Cursor, Engine, Source, Window, format_time, parse_time, read_ahead
 from offloader.state import RunRecord, StateStore
@@ -298,7 +298,16 @@ class TableOffload:
     def _commit(self, sink_table: SinkTable, tx: WindowWrite, marker: dict[str, Any], replaced: list[Any], log: Any) -> int:
         """Commit one window; settle an unknown outcome from the snapshot history."""
         try:
-            return int(tx.commit(marker, replaced))
+            if reply_lost("before"):
+                raise CommitUnknownError(
+                    f"{self.table.target}: the catalog connection was lost (fault injected before the commit)"
+                )
+            snapshot_id = int(tx.commit(marker, replaced))
+            if reply_lost("after"):
+                raise CommitUnknownError(
+                    f"{self.table.target}: the catalog connection was lost (fault injected after the commit)"
+                )
+            return snapshot_id
         except CommitConflictError:
             tx.discard()
             raise

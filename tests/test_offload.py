@@ -3,12 +3,16 @@ Iceberg files read back by PyIceberg and by ClickHouse's own icebergLocal reader
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections import Counter
 from typing import Any
 
 import pytest
-from conftest import Workspace, trades_table
+from conftest import ROOT, Workspace, trades_table
 
 KEY = "toString(ingestion_timestamp), sequence_number"
 
@@ -504,7 +508,10 @@ def test_tables_are_created_format_v2_zstd3_with_their_partition_spec_and_file_s
     assert table.properties["write.parquet.compression-codec"] == "zstd"
     assert table.properties["write.parquet.compression-level"] == "3"
     assert table.properties["commit.retry.num-retries"] == "0"
-    assert [(str(f.transform), f.name) for f in table.spec().fields] == [("day", "exchange_timestamp_day"), ("identity", "symbol")]
+    assert [(str(f.transform), f.name) for f in table.spec().fields] == [
+        ("day", "exchange_timestamp_day"),
+        ("identity", "symbol"),
+    ]
     files = [task.file for task in table.scan().plan_files()]
     partitions = {(f.partition[0], f.partition[1]) for f in files}
     assert len(partitions) == 6, "two days times three symbols"
@@ -514,3 +521,31 @@ def test_tables_are_created_format_v2_zstd3_with_their_partition_spec_and_file_s
     assert meta.row_group(0).column(0).compression == "ZSTD"
     assert_exact(ws)
     app.close()
+
+
+@pytest.mark.parametrize("moment", ["before", "after"])
+def test_unknown_commit_outcome_is_settled_from_the_snapshot_history(ws: Workspace, moment: str) -> None:
+    """A commit whose reply is lost is looked up by its commit id: landed means kept, not landed means retried; never twice."""
+    ws.tables = [trades_table()]
+    ws.source["max_window"] = "20m"
+    ws.create_trades()
+    ws.insert_trades(3600, start="2026-01-01 00:00:00", step_us=1_000_000)
+    ws.release()
+    ws.write_config()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
+    env["OFFLOADER_LOSE_COMMIT_REPLY"] = moment
+    lost = subprocess.run(
+        [sys.executable, "-m", "offloader", "--config", str(ws.config_path), "once"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert '"event": "commit_unknown"' in lost.stderr
+    settled = [json.loads(line) for line in lost.stderr.splitlines() if '"commit_settled"' in line]
+    assert settled and all(s["landed"] is (moment == "after") for s in settled)
+    if moment == "before":
+        assert lost.returncode == 1 and "the commit did not land" in lost.stderr
+        assert ws.iceberg_table("cold.trades").current_snapshot() is None
+    else:
+        assert lost.returncode == 0, lost.stderr[-2000:]
+    rerun = ws.run_once()
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert_exact(ws)
