@@ -9,10 +9,3 @@ __version__ = "0.1.0"
 # same throughput. Set before pyarrow is first imported; an explicit setting wins.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 
-# structlog's console renderer pulls in rich and pygments (~12 MB) when they are installed
-# (PyIceberg depends on rich) only to colour tracebacks; offloader's plain tracebacks do.
-# Keeping them out keeps the idle service small. Set OFFLOADER_RICH=1 to allow them.
-if os.environ.get("OFFLOADER_RICH") != "1":
-    import sys
-
-    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
