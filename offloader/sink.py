@@ -37,7 +37,6 @@ from offloader.errors import (
     first_line,
 )
 
-MARKER_PREFIX = "offloader."
 CURSOR_KEY = "offloader.cursor"
 RUN_KEY = "offloader.run-id"
 COMMIT_KEY = "offloader.commit-id"
