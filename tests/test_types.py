@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -20,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import chdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.io.pyarrow import schema_to_pyarrow
@@ -839,8 +839,11 @@ TRADES = [
 ]
 
 
-def test_convert_batch_is_fast_on_a_million_trade_rows(conn: Any) -> None:
-    """1M rows of a 9-column trade schema from ClickHouse convert in well under 0.1 s."""
+def test_convert_batch_on_a_million_trade_rows_relabels_timestamps_without_copying(conn: Any) -> None:
+    """1M trade rows convert to the Iceberg schema, and timestamps are relabelled in place, not copied.
+
+    (How fast it is, is measured by bench/, never asserted in a test.)
+    """
     conn.query("DROP TABLE IF EXISTS trades")
     conn.query(f"CREATE TABLE trades ({', '.join(f'`{n}` {t}' for n, t, _ in TRADES)}) ENGINE = MergeTree ORDER BY ts")
     conn.query(f"INSERT INTO trades SELECT {', '.join(e for _, _, e in TRADES)} FROM numbers(1000000)")
@@ -848,10 +851,9 @@ def test_convert_batch_is_fast_on_a_million_trade_rows(conn: Any) -> None:
     target = schema_to_pyarrow(iceberg_schema(plans))
     batches = arrow_of(conn, f"SELECT {', '.join(p.select_sql for p in plans)} FROM trades").to_batches()
     assert sum(b.num_rows for b in batches) == 1_000_000
-    timings = []
-    for _ in range(3):
-        start = time.perf_counter()
-        out = [convert_batch(b, plans, target) for b in batches]
-        timings.append(time.perf_counter() - start)
+    out = [convert_batch(b, plans, target) for b in batches]
     assert sum(b.num_rows for b in out) == 1_000_000
-    assert min(timings) < 0.1, timings
+    assert all(b.schema == target for b in out)
+    ts_in, ts_out = batches[0].column("ts"), out[0].column("ts")
+    assert ts_out.buffers()[1].address == ts_in.buffers()[1].address, "the timestamps were copied"
+    assert sum(pc.sum(b.column("trade_id")).as_py() for b in out) == 999_999 * 1_000_000 // 2
