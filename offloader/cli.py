@@ -113,7 +113,10 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         if args.command == "once":
             tables = [config.table(args.table)] if args.table else None
             stop = _stop_on_signals()
-            code = _report(app.run_cycle(tables, observer=_Progress(sys.stderr.isatty()), stop=stop))
+            results = app.run_cycle(tables, observer=_Progress(sys.stderr.isatty()), stop=stop)
+            code = _report(results)
+            if config.origin == "embedded default" and any("does not exist" in r.reason for r in results):
+                print("hint: the embedded source is empty; fill it with `offloader demo seed`", file=sys.stderr)
             return 130 if stop.is_set() else code
         if args.command == "status":
             return _status(app, args.json)
