@@ -43,6 +43,23 @@ def full_rows(ws: Workspace, target: str = "cold.trades") -> list[tuple[Any, ...
     return sorted(ws.iceberg_local(target, cols))
 
 
+def run_together(apps: list[Any]) -> list[list[Any]]:
+    """One cycle of each app, all started at the same instant in threads of their own."""
+    barrier = threading.Barrier(len(apps))
+    results: list[list[Any]] = [[] for _ in apps]
+
+    def runner(i: int) -> None:
+        barrier.wait()
+        results[i] = apps[i].run_cycle()
+
+    threads = [threading.Thread(target=runner, args=(i,)) for i in range(len(apps))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def test_initial_incremental_and_rerun(ws: Workspace) -> None:
     """An initial load, an incremental load and a re-run leave Iceberg equal to the source, the re-run adding nothing."""
     ws.tables = [trades_table()]
@@ -132,18 +149,7 @@ def test_two_runners_together_take_each_row_once(ws: Workspace) -> None:
     ws.insert_trades(3000, start="2026-01-01 00:00:00", step_us=100_000)
     ws.insert_trades(3000, start="2026-01-01 00:00:00", step_us=100_000, table="k2.trades2")
     apps = [ws.app(), ws.app()]
-    barrier = threading.Barrier(2)
-    outcomes: list[list[str]] = [[], []]
-
-    def runner(i: int) -> None:
-        barrier.wait()
-        outcomes[i] = [r.outcome for r in apps[i].run_cycle()]
-
-    threads = [threading.Thread(target=runner, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    outcomes = [[r.outcome for r in results] for results in run_together(apps)]
     assert all(o in {"committed", "nothing_new", "skipped"} for run in outcomes for o in run), outcomes
     for app in apps:
         app.run_cycle()
@@ -168,18 +174,7 @@ def test_writers_without_a_shared_lock_resolve_conflicts_exactly_once(ws: Worksp
         engine=ws.engine,
     )
     apps = [ws.app(), other]
-    barrier = threading.Barrier(2)
-    results: list[Any] = [None, None]
-
-    def runner(i: int) -> None:
-        barrier.wait()
-        results[i] = apps[i].run_cycle()
-
-    threads = [threading.Thread(target=runner, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(apps)
     for app in apps:
         app.run_cycle()
     assert_exact(ws)
