@@ -8,4 +8,3 @@ __version__ = "0.1.0"
 # release_unused()); its default, mimalloc, keeps ~50 MB more of an idle service's RSS for the
 # same throughput. Set before pyarrow is first imported; an explicit setting wins.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
-

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Any
+from typing import Any, TextIO
 
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: IO[str] | None = None) -> None:
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog once for the process."""
     stream = stream or sys.stderr
     json_lines = fmt == "json" or (fmt == "auto" and not stream.isatty())

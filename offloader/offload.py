@@ -222,11 +222,15 @@ class TableOffload:
                 "because trusting the mirror would lose rows. If the Iceberg table was recreated on purpose, "
                 f"run `offloader mirror reset --table {self.table.name}`"
             )
-        if marker is not None and (
-            claimed is None or claimed.sort_key() < truth.sort_key() or (mirror and mirror.snapshot_id != marker.snapshot_id)
-        ):  # type: ignore[union-attr]
+        if (
+            marker is not None
+            and truth is not None
+            and (
+                claimed is None or claimed.sort_key() < truth.sort_key() or (mirror and mirror.snapshot_id != marker.snapshot_id)
+            )
+        ):
             self.state.set_mirror(self.table.name, self.table.target, marker.cursor, marker.snapshot_id, marker.run_id)
-            if claimed is None or claimed.sort_key() != truth.sort_key():  # type: ignore[union-attr]
+            if claimed is None or claimed.sort_key() != truth.sort_key():
                 log.warning("mirror_repaired", mirror=claimed.to_json() if claimed else None, iceberg=marker.cursor)
         return truth
 
@@ -314,10 +318,10 @@ class TableOffload:
         except CommitUnknownError as exc:
             log.warning("commit_unknown", commit_id=marker[COMMIT_KEY], error=str(exc))
             sink_table.refresh()  # a CatalogError here leaves the files: they may be committed
-            snapshot_id = sink_table.find_commit(marker[COMMIT_KEY])
-            if snapshot_id is not None:
-                log.info("commit_settled", commit_id=marker[COMMIT_KEY], landed=True, snapshot_id=snapshot_id)
-                return snapshot_id
+            found = sink_table.find_commit(marker[COMMIT_KEY])
+            if found is not None:
+                log.info("commit_settled", commit_id=marker[COMMIT_KEY], landed=True, snapshot_id=found)
+                return found
             log.info("commit_settled", commit_id=marker[COMMIT_KEY], landed=False)
             tx.discard()
             raise CatalogError(f"{self.table.target}: the commit did not land ({exc}); the window will be taken again") from exc

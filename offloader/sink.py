@@ -184,9 +184,9 @@ def _partition_spec(table: TableConfig, schema: Any) -> Any:
             source_id = schema.find_field(column).field_id
         except ValueError:
             raise SchemaError(f"tables.{table.name}.partition_by: column {column!r} is not in the source table") from None
-        if fn == "bucket":
+        if fn == "bucket" and param is not None:
             transform: Any = BucketTransform(param)
-        elif fn == "truncate":
+        elif fn == "truncate" and param is not None:
             transform = TruncateTransform(param)
         else:
             transform = simple[fn]()
@@ -415,9 +415,12 @@ class _RollingFiles:
         while self._pending:
             done += self._pending.popleft().result()
         for lane, pool in enumerate(self._pools):
-            done += pool.submit(lambda lane=lane: [self._close(i) for i in list(self.open) if i[0] == lane]).result()
+            done += pool.submit(self._close_lane, lane).result()
             pool.shutdown()
         return done
+
+    def _close_lane(self, lane: int) -> list[Any]:
+        return [self._close(ident) for ident in list(self.open) if ident[0] == lane]
 
     def abandon(self) -> list[str]:
         """Stop writing; close what is open; return every path written (to delete)."""
@@ -454,7 +457,7 @@ def _split_partitions(spec: Any, schema: Any, table: pa.Table) -> Iterator[tuple
     if spec.is_unpartitioned():
         yield None, table
         return
-    values = []
+    values: list[Any] | None = []
     for field in spec.fields:
         name = schema.find_column_name(field.source_id)
         if name is None or "." in name or name not in table.column_names:
@@ -466,14 +469,14 @@ def _split_partitions(spec: Any, schema: Any, table: pa.Table) -> Iterator[tuple
             values = None
             break
         if transformed.null_count:
-            values.append(None)
+            values.append(None)  # type: ignore[union-attr]  # None only after a break
             continue
         bounds = pc.min_max(transformed)
         low, high = bounds["min"].as_py(), bounds["max"].as_py()
         if low != high:
             values = None
             break
-        values.append(low)
+        values.append(low)  # type: ignore[union-attr]
     if values is not None:
         key = PartitionKey(
             field_values=[PartitionFieldValue(field=f, value=v) for f, v in zip(spec.fields, values, strict=True)],
@@ -543,7 +546,8 @@ class WindowWrite:
         table = self.owner.table
         if table.current_snapshot() is None:
             return []
-        row_filter = And(GreaterThanOrEqual(column, lo_micros), LessThanOrEqual(column, hi_micros))
+        # PyIceberg's predicates take (term, literal) positionally; its pydantic typing says otherwise
+        row_filter = And(GreaterThanOrEqual(column, lo_micros), LessThanOrEqual(column, hi_micros))  # type: ignore[call-arg,arg-type]
         metadata = self.tx.table_metadata
         result = []
         try:

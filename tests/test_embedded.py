@@ -18,7 +18,9 @@ def run(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
     env["OFFLOADER_DATA_DIR"] = str(data_dir)
     env["OFFLOADER__SOURCE__SAFETY_LAG"] = "0s"
-    return subprocess.run([sys.executable, "-m", "offloader", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "offloader", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
+    )
 
 
 def test_embedded_default_offloads_all_ten_tables_exactly(tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def test_daemon_offloads_and_metrics_match_what_was_offloaded(ws: Workspace) -> 
         assert metric(text, "offloader_last_success_timestamp_seconds", table="trades") > time.time() - 300
         assert metric(text, "offloader_watermark_timestamp_seconds", table="trades") == pytest.approx(1767225602.999, abs=0.01)
         assert metric(text, "offloader_build_info", version="0.1.0") == 1
-        assert "offloader_lag_seconds{table=\"trades\"} 0.0" in text, "fully offloaded: the cursor is the newest source row"
+        assert 'offloader_lag_seconds{table="trades"} 0.0' in text, "fully offloaded: the cursor is the newest source row"
         assert metric(text, "offloader_cycle_duration_seconds_count") >= 1
         assert get(port, "/healthz")[0] == 200
         assert get(port, "/readyz") == (200, "ready\n")
