@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from offloader.errors import ConfigError
 
@@ -236,6 +236,18 @@ class Config:
         for t in sorted(self.tables, key=lambda t: LAYERS.index(t.layer)):
             visit(t)
         return [by_name[n] for n in done]
+
+
+def connection_url(dsn: str, password: Secret | None) -> str:
+    """The URL a driver connects with: the password put in, PostgreSQL through psycopg2."""
+    if dsn.startswith("postgresql://"):
+        dsn = "postgresql+psycopg2://" + dsn[len("postgresql://") :]
+    if password is None or dsn.startswith("sqlite"):
+        return dsn
+    parts = urlsplit(dsn)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    netloc = f"{quote(parts.username or '', safe='')}:{quote(password.reveal(), safe='')}@{host}"
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _redact(dsn: str) -> str:

@@ -22,13 +22,11 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote as urlquote
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from offloader.config import CatalogConfig, TableConfig, partition_transform
+from offloader.config import CatalogConfig, TableConfig, connection_url, partition_transform
 from offloader.errors import (
     CatalogError,
     CommitConflictError,
@@ -75,14 +73,8 @@ class WrittenFiles:
 
 def _catalog_properties(config: CatalogConfig) -> dict[str, str]:
     props = dict(config.properties)
-    if config.password is not None and "uri" in props:
-        parts = urlsplit(props["uri"])
-        user = parts.username or ""
-        host = parts.netloc.rsplit("@", 1)[-1]
-        netloc = f"{urlquote(user, safe='')}:{urlquote(config.password.reveal(), safe='')}@{host}"
-        props["uri"] = parts._replace(netloc=netloc).geturl()
-    if props.get("uri", "").startswith("postgresql://"):
-        props["uri"] = "postgresql+psycopg2://" + props["uri"][len("postgresql://") :]
+    if "uri" in props:
+        props["uri"] = connection_url(props["uri"], config.password)
     props.setdefault("type", "sql")
     if props.get("type") == "sql":
         props.setdefault("init_catalog_tables", "true")

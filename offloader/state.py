@@ -18,13 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote as urlquote
-from urllib.parse import urlsplit
 
-from offloader.config import StateConfig
+from offloader.config import StateConfig, connection_url
 from offloader.errors import StateError, first_line
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "catalog"
+# catalog/*.sql at the repository root, reached through the package's sql/ link so that an
+# installed wheel carries the same files
 _PACKAGED_SCHEMA = Path(__file__).resolve().parent / "sql"
 
 
@@ -57,23 +56,10 @@ class RunRecord:
 
 
 def schema_files() -> list[Path]:
-    for folder in (SCHEMA_DIR, _PACKAGED_SCHEMA):
-        files = sorted(folder.glob("*.sql"))
-        if files:
-            return files
-    raise StateError(f"no state schema files found in {SCHEMA_DIR}")
-
-
-def _url(config: StateConfig) -> str:
-    dsn = config.dsn
-    if dsn.startswith("postgresql://"):
-        dsn = "postgresql+psycopg2://" + dsn[len("postgresql://") :]
-    if config.password is not None and not config.is_sqlite:
-        parts = urlsplit(dsn)
-        host = parts.netloc.rsplit("@", 1)[-1]
-        netloc = f"{urlquote(parts.username or '', safe='')}:{urlquote(config.password.reveal(), safe='')}@{host}"
-        dsn = parts._replace(netloc=netloc).geturl()
-    return dsn
+    files = sorted(_PACKAGED_SCHEMA.glob("*.sql"))
+    if not files:
+        raise StateError(f"no state schema files found in {_PACKAGED_SCHEMA}")
+    return files
 
 
 def lock_key(table: str) -> int:
@@ -97,7 +83,7 @@ class StateStore:
         else:
             kwargs["connect_args"] = {"connect_timeout": 10, "application_name": "offloader"}
         try:
-            self.engine = create_engine(_url(config), **kwargs)
+            self.engine = create_engine(connection_url(config.dsn, config.password), **kwargs)
         except Exception as exc:
             raise StateError(f"cannot open the state store {config.display_dsn}: {first_line(exc)}") from exc
 
