@@ -150,17 +150,20 @@ class Workspace:
 
         return App(self.config(), engine=self.engine)
 
-    def run_once(self, *args: str, kill_at: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """`offloader once` in a real subprocess (the test's chDB handle is released first)."""
+    def command(self, *args: str) -> list[str]:
+        """The command line of `offloader --config <this workspace> ARGS`, ready to run in a
+        subprocess: the config is written and the test's chDB handle released (one process
+        at a time may open the data directory)."""
         self.release()
         self.write_config()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
-        if kill_at:
-            env["OFFLOADER_KILL_AT"] = kill_at
+        return [sys.executable, "-m", "offloader", "--config", str(self.config_path), *args]
+
+    def run_once(self, *args: str, kill_at: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """`offloader once` in a real subprocess."""
+        env = clean_env(OFFLOADER_KILL_AT=kill_at) if kill_at else clean_env()
         return subprocess.run(
-            [sys.executable, "-m", "offloader", "--config", str(self.config_path), "once", *args],
-            capture_output=True, text=True, timeout=timeout, env=env, cwd=self.root,
-        )  # fmt: skip
+            self.command("once", *args), capture_output=True, text=True, timeout=timeout, env=env, cwd=self.root
+        )
 
     # -- source data -----------------------------------------------------------------------
 
@@ -215,6 +218,13 @@ class Workspace:
             return self.engine.rows(f"SELECT {columns} FROM icebergLocal('{location}'){order_by}")
         finally:
             os.chdir(here)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any OFFLOADER* setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
+    env.update(extra)
+    return env
 
 
 def _toml(value: Any) -> str:

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, Workspace, trades_table
+from conftest import ROOT, Workspace, clean_env, trades_table
 
 
 def offloader(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
-    ws.release()
-    ws.write_config()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
-    return subprocess.run(
-        [sys.executable, "-m", "offloader", "--config", str(ws.config_path), *args],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
-    )  # fmt: skip
+    return subprocess.run(ws.command(*args), capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=300)
 
 
 def test_status_reports_cursor_lag_rows_and_last_run(ws: Workspace) -> None:
@@ -101,13 +93,9 @@ def test_sigterm_during_once_abandons_the_window_in_flight_and_a_rerun_is_exact(
     ws.source["max_window"] = "1m"
     ws.create_trades()
     ws.insert_trades(60_000, start="2026-01-01 00:00:00", step_us=20_000)
-    ws.release()
-    ws.write_config()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "offloader", "--config", str(ws.config_path), "once"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-    )  # fmt: skip
+        ws.command("once"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=ROOT
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         try:

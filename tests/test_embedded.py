@@ -8,16 +8,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, clean_env
 
 from offloader import demo
 from offloader.source import ChdbEngine
 
 
 def run(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
-    env["OFFLOADER_DATA_DIR"] = str(data_dir)
-    env["OFFLOADER__SOURCE__SAFETY_LAG"] = "0s"
+    env = clean_env(OFFLOADER_DATA_DIR=str(data_dir), OFFLOADER__SOURCE__SAFETY_LAG="0s")
     return subprocess.run(
         [sys.executable, "-m", "offloader", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
     )

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from conftest import Workspace, trades_table
+from conftest import Workspace, clean_env, trades_table
 
 CHHTTP = Path(__file__).resolve().with_name("chhttp.py")
 KEYS_SQL = "SELECT toUnixTimestamp64Micro(ingestion_timestamp) AS ts, sequence_number FROM k2.trades"
@@ -173,12 +173,9 @@ def iceberg_rows(ws: Workspace, target: str = "cold.trades") -> int:
 
 def start_once(ws: Workspace) -> subprocess.Popen[str]:
     """`offloader once` as a subprocess, not waited for."""
-    ws.write_config()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
     return subprocess.Popen(
-        [sys.executable, "-m", "offloader", "--config", str(ws.config_path), "once"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ws.root,
-    )  # fmt: skip
+        ws.command("once"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=ws.root
+    )
 
 
 def failed_line(stderr: str, table: str = "trades") -> str:

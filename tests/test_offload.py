@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 from collections import Counter
 from typing import Any
 
 import pyarrow as pa
 import pytest
-from conftest import ROOT, Workspace, trades_table
+from conftest import ROOT, Workspace, clean_env, trades_table
 
 KEY = "toString(ingestion_timestamp), sequence_number"
 
@@ -422,11 +421,9 @@ def test_metadata_left_by_a_lost_commit_is_pruned_for_path_based_readers(ws: Wor
 
 def test_random_sigkills_then_rerun_is_exact(ws: Workspace) -> None:
     """`offloader once` SIGKILLed at random moments, again and again with new rows arriving, ends exact after a re-run."""
-    import os
     import random
     import signal
     import subprocess
-    import sys
     import time
 
     from conftest import ROOT
@@ -435,17 +432,13 @@ def test_random_sigkills_then_rerun_is_exact(ws: Workspace) -> None:
     ws.tables = [trades_table()]
     ws.source["max_window"] = "2m"
     ws.create_trades()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
     first = 0
     for round_ in range(6):
         ws.insert_trades(40_000, start=f"2026-01-01 0{round_}:00:00", step_us=20_000, first_seq=first)
         first += 40_000
-        ws.release()
-        ws.write_config()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "offloader", "--config", str(ws.config_path), "once"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
-        )  # fmt: skip
+            ws.command("once"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(), cwd=ROOT
+        )
         time.sleep(rng.uniform(1.0, 4.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -526,14 +519,14 @@ def test_unknown_commit_outcome_is_settled_from_the_snapshot_history(ws: Workspa
     ws.source["max_window"] = "20m"
     ws.create_trades()
     ws.insert_trades(3600, start="2026-01-01 00:00:00", step_us=1_000_000)
-    ws.release()
-    ws.write_config()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
-    env["OFFLOADER_LOSE_COMMIT_REPLY"] = moment
     lost = subprocess.run(
-        [sys.executable, "-m", "offloader", "--config", str(ws.config_path), "once"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
-    )  # fmt: skip
+        ws.command("once"),
+        capture_output=True,
+        text=True,
+        env=clean_env(OFFLOADER_LOSE_COMMIT_REPLY=moment),
+        cwd=ROOT,
+        timeout=300,
+    )
     assert '"event": "commit_unknown"' in lost.stderr
     settled = [json.loads(line) for line in lost.stderr.splitlines() if '"commit_settled"' in line]
     assert settled and all(s["landed"] is (moment == "after") for s in settled)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import ROOT, Workspace, trades_table
+from conftest import ROOT, Workspace, clean_env, trades_table
 
 SENTINEL = "s3ntinel-Pa55-do-not-log"
 
@@ -62,14 +62,9 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 @contextmanager
 def daemon(ws: Workspace, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
-    ws.release()
-    ws.write_config()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
-    full_env.update(env or {})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "offloader", "--config", str(ws.config_path), "run"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT,
-    )  # fmt: skip
+        ws.command("run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(**(env or {})), cwd=ROOT
+    )
     try:
         yield proc
     finally:
