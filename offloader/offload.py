@@ -248,9 +248,9 @@ class TableOffload:
             frozen = format_time(now - timedelta(seconds=self.safety_lag + self.table.replace_lookback))
             self._replace_windows(source, sink_table, plans, schema, cursor, hi, frozen, result, log)
             return
-        pending, first = source.backlog(cursor, hi)
-        total, done = pending, 0
-        while pending and first is not None:
+        total, first = source.backlog(cursor, hi)  # counted once, for progress
+        done = 0
+        while first is not None:
             self._check_stop()
             end = source.window_end(first, self.max_window, hi)
             window = Window(cursor, end)
@@ -259,9 +259,8 @@ class TableOffload:
                 break
             cursor = Cursor.from_json(outcome.cursor)
             done += outcome.rows
-            self.observer.progress(self.table, done, total)
-            pending, first = source.backlog(cursor, hi)
-            total = done + pending
+            self.observer.progress(self.table, done, max(total, done))
+            first = source.first_pending(cursor, hi)
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
@@ -398,8 +397,8 @@ class TableOffload:
         self, source: Source, sink_table: SinkTable, plans: Any, schema: Any,
         frozen_cursor: Cursor | None, hi: str, frozen: str, result: TableResult, log: Any,
     ) -> None:  # fmt: skip
-        pending, first = source.backlog(frozen_cursor, hi, inclusive=True)
-        if not pending or first is None:
+        first = source.first_pending(frozen_cursor, hi, inclusive=True)
+        if first is None:
             return
         floor = frozen_cursor.time if frozen_cursor else None
         start = floor or first
@@ -424,10 +423,10 @@ class TableOffload:
                 tx.discard()
             if parse_time(end) >= parse_time(hi):
                 return
-            pending, first = source.backlog(Cursor((end,)), hi)
-            if not pending or first is None:
+            following = source.first_pending(Cursor((end,)), hi)
+            if following is None:
                 return
-            start = first
+            start = following
 
 
 def _micros(text: str) -> int:

@@ -385,6 +385,19 @@ class Source:
         )
         return int(count), (str(first) if count else None)
 
+    def first_pending(self, lo: Cursor | None, hi: str, inclusive: bool = False) -> str | None:
+        """The earliest time among the rows waiting between ``lo`` and ``hi``, if any.
+
+        Read in key order with LIMIT 1, so that on a table sorted by its time column the
+        next window is found without scanning the rest of the backlog.
+        """
+        where, params = self._where(Window(lo, hi, inclusive))
+        time_col = quote(self.cursor[0])
+        rows = self.engine.rows(
+            f"SELECT toString({time_col}, 'UTC') FROM {self.relation} WHERE {where} ORDER BY {time_col} LIMIT 1", params
+        )
+        return str(rows[0][0]) if rows else None
+
     def newest_time(self, since: str | None = None) -> str | None:
         """The newest time-column value in the source (for the lag metric).
 
