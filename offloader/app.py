@@ -16,9 +16,11 @@ from typing import Any
 
 import structlog
 
+from offloader import consistency, maintenance, rewind
 from offloader import source as source_mod
 from offloader.config import Config, TableConfig
 from offloader.errors import OffloaderError
+from offloader.maintenance import MaintenanceObserver
 from offloader.offload import Observer, TableOffload, TableResult
 from offloader.sink import Sink, SinkTable
 from offloader.source import Cursor, Source, parse_time
@@ -37,9 +39,14 @@ class TableStatus:
     snapshot_id: int | None
     last_run: dict[str, Any] | None
     problem: str | None = None
+    ttl_headroom_seconds: float | None = None
+    ttl_risk: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if out["ttl_headroom_seconds"] == float("inf"):
+            out["ttl_headroom_seconds"] = "inf"  # nothing waits: JSON has no infinity
+        return out
 
 
 class App:
@@ -156,6 +163,44 @@ class App:
         if pruned:
             self.log.info("history_pruned", runs=pruned)
 
+    # -- maintenance and consistency --------------------------------------------------------
+
+    def maintain(
+        self, tables: Iterable[TableConfig] | None = None, *, dry_run: bool = False,
+        observer: MaintenanceObserver | None = None, stop: threading.Event | None = None,
+        actions: tuple[str, ...] = maintenance.ACTIONS,
+    ) -> list[maintenance.ActionResult]:  # fmt: skip
+        """Compaction, snapshot expiry and orphan removal of every table (or of ``tables``)."""
+        results = []
+        for table in tables if tables is not None else self.config.ordered_tables():
+            if stop is not None and stop.is_set():
+                break
+            work = maintenance.TableMaintenance(table, self.config, self.sink, self.state, observer=observer, stop=stop)
+            results += work.run(actions, dry_run=dry_run)
+        return results
+
+    def check(
+        self, tables: Iterable[TableConfig] | None = None, *, since: str | None = None, repair: bool = False,
+        observer: MaintenanceObserver | None = None, stop: threading.Event | None = None,
+    ) -> list[consistency.CheckResult]:  # fmt: skip
+        """Compare ClickHouse and Iceberg per time bucket; repair the differing buckets when asked."""
+        results = []
+        for table in tables if tables is not None else self.config.ordered_tables():
+            if stop is not None and stop.is_set():
+                break
+            check = consistency.TableCheck(table, self.config, self.engine, self.sink, self.state, observer=observer, stop=stop)
+            results.append(check.run(since, repair))
+        return results
+
+    def reset(self, table: TableConfig, to: str, observer: MaintenanceObserver | None = None) -> rewind.ResetResult:
+        """Move the table's cursor back to ``to`` in one commit (rows after it are deleted from Iceberg)."""
+        return rewind.TableReset(table, self.config, self.engine, self.sink, self.state, observer=observer).run(to)
+
+    def ttl_headroom(self, table: TableConfig, cursor: list[Any] | None) -> float | None:
+        """Seconds before the source TTL deletes the oldest row not offloaded yet (None without a TTL)."""
+        source = Source(self.engine, table.source_database, table.source_table, table.cursor)
+        return source.ttl_headroom(Cursor.from_json(cursor) if cursor else None)
+
     # -- status ------------------------------------------------------------------------------
 
     def status(self, tables: Iterable[TableConfig] | None = None, *, with_history: bool = True) -> list[TableStatus]:
@@ -192,6 +237,17 @@ class App:
                     lag = max(lag, 0.0) if lag is not None else None
             except OffloaderError as exc:
                 problems.append(str(exc).splitlines()[0])
+            headroom = None
+            try:
+                headroom = self.ttl_headroom(table, cursor)
+            except OffloaderError as exc:
+                problems.append(str(exc).splitlines()[0])
+            risk = headroom is not None and headroom < self.config.maintenance.ttl_margin
+            if risk:
+                problems.append(
+                    f"TTL risk: the oldest row not offloaded yet is deleted by the source TTL in {headroom:.0f}s "
+                    f"(margin maintenance.ttl_margin = {self.config.maintenance.ttl_margin:.0f}s)"
+                )
             run = runs.get(table.name)
             out.append(
                 TableStatus(
@@ -214,6 +270,8 @@ class App:
                         "error": run.error_message,
                     },
                     problem="; ".join(problems) or None,
+                    ttl_headroom_seconds=headroom,
+                    ttl_risk=risk,
                 )  # fmt: skip
             )
         return out

@@ -1,7 +1,7 @@
 """The command line: ``offloader [--config PATH] COMMAND``.
 
-Commands: ``once`` (one cycle), ``status``, ``history``, ``run`` (the service), ``demo seed``
-and ``mirror reset``. Every failure ends in a precise one-line message per problem on
+Commands: ``once`` (one cycle), ``status``, ``history``, ``run`` (the service), ``maintain``,
+``check``, ``reset``, ``audit``, ``demo seed`` and ``mirror reset``. Every failure ends in a precise one-line message per problem on
 stderr and a non-zero exit: 2 for bad config or usage, 1 for a failed table or a dead
 server, 70 for an internal error (its traceback only with ``--debug``).
 """
@@ -60,6 +60,25 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=20)
 
     sub.add_parser("run", help="the long-running service: scheduled cycles, /metrics, /healthz, /readyz, /status")
+
+    maintain = sub.add_parser("maintain", help="compact small files, expire old snapshots, remove orphan files")
+    maintain.add_argument("--table", help="only this table")
+    maintain.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
+
+    check = sub.add_parser("check", help="compare ClickHouse and Iceberg per time bucket; exit 1 when a bucket differs")
+    check.add_argument("--table", help="only this table")
+    check.add_argument("--since", help='start of the compared range: a UTC time ("2026-11-01 00:00:00") or an age ("7d")')
+    check.add_argument("--repair", action="store_true", help="re-offload every differing bucket, one commit per bucket")
+
+    rewind = sub.add_parser("reset", help="move a table's cursor back: delete its Iceberg rows after a time")
+    rewind.add_argument("table", help="the table (its [[tables]] name)")
+    rewind.add_argument("--to", required=True, help='the UTC time to go back to, e.g. "2026-11-20 00:00:00"')
+    rewind.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed when not on a terminal)")
+
+    audit = sub.add_parser("audit", help="the maintenance audit log")
+    audit.add_argument("--table")
+    audit.add_argument("--action", choices=["compact", "expire_snapshots", "remove_orphans", "check", "repair", "reset"])
+    audit.add_argument("--limit", type=int, default=20)
 
     demo = sub.add_parser("demo", help="the embedded market-data demo")
     demo_sub = demo.add_subparsers(dest="demo_command", required=True, metavar="DEMO_COMMAND")
@@ -124,6 +143,14 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             return _history(app, args.table, args.limit)
         if args.command == "run":
             return _serve(app)
+        if args.command == "maintain":
+            return _maintain(app, args.table, args.dry_run)
+        if args.command == "check":
+            return _check(app, args.table, args.since, args.repair)
+        if args.command == "reset":
+            return _reset(app, args.table, args.to, args.yes)
+        if args.command == "audit":
+            return _audit(app, args.table, args.action, args.limit)
         if args.command == "mirror":
             config.table(args.table)
             app.state.delete_mirror(args.table)
@@ -184,15 +211,25 @@ def _status(app: Any, as_json: bool) -> int:
     if as_json:
         print(json.dumps([s.as_dict() for s in statuses], indent=2, default=str))
         return EXIT_OK
-    header = ("table", "cursor", "lag", "iceberg rows", "last run")
+    header = ("table", "cursor", "lag", "iceberg rows", "ttl headroom", "last run")
     rows = []
     for s in statuses:
         run = s.last_run
         last = f"{run['outcome']} {run['started_at']}" if run else "never"
         cursor = " / ".join(str(v) for v in s.cursor) if s.cursor else "-"
-        rows.append(
-            (s.table, cursor, _fmt_lag(s.lag_seconds), f"{s.iceberg_rows:,}" if s.iceberg_rows is not None else "?", last)
+        headroom = (
+            "-"
+            if s.ttl_headroom_seconds is None
+            else "inf"
+            if s.ttl_headroom_seconds == float("inf")
+            else _fmt_lag(s.ttl_headroom_seconds)
         )
+        rows.append(
+            (
+                s.table, cursor, _fmt_lag(s.lag_seconds), f"{s.iceberg_rows:,}" if s.iceberg_rows is not None else "?",
+                headroom + (" RISK" if s.ttl_risk else ""), last,
+            )
+        )  # fmt: skip
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
@@ -213,6 +250,99 @@ def _history(app: Any, table: str | None, limit: int) -> int:
             f"{started}Z  {run.table_name}  {run.outcome}  rows={run.rows_written:,} files={run.files_written} "
             f"windows={run.windows} {duration}  run={run.run_id}{error}"
         )
+    return EXIT_OK
+
+
+def _maintain(app: Any, table: str | None, dry_run: bool) -> int:
+    tables = [app.config.table(table)] if table else None
+    failed = 0
+    for r in app.maintain(tables, dry_run=dry_run, stop=_stop_on_signals()):
+        label = "would do" if dry_run and r.outcome == "ok" else r.outcome.replace("_", " ")
+        files = f" files {r.files_before} -> {r.files_after};" if r.files_before is not None else ""
+        line = f"{r.table}: {r.action}: {label}:{files} {r.detail}"
+        if r.outcome in {"failed", "skipped"}:
+            failed += 1
+            print(line, file=sys.stderr)
+        else:
+            print(line)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _since(text: str | None) -> str | None:
+    """``--since``: a UTC time, or an age such as "7d" counted back from now."""
+    from datetime import UTC, datetime, timedelta
+
+    from offloader.config import parse_duration
+    from offloader.source import format_time, parse_time
+
+    if text is None:
+        return None
+    try:
+        return format_time(datetime.now(UTC) - timedelta(seconds=parse_duration(text)))
+    except ValueError:
+        pass
+    try:
+        return format_time(parse_time(text.replace("T", " ").rstrip("Z")))
+    except ValueError:
+        raise ConfigError(
+            f'--since = {text!r}: expected a UTC time such as "2026-11-01 00:00:00" or an age such as "7d"'
+        ) from None
+
+
+def _check(app: Any, table: str | None, since: str | None, repair: bool) -> int:
+    tables = [app.config.table(table)] if table else None
+    bad = 0
+    for r in app.check(tables, since=_since(since), repair=repair, stop=_stop_on_signals()):
+        if r.outcome in {"failed", "skipped"}:
+            bad += 1
+            print(f"{r.table}: check {r.outcome}: {r.detail}", file=sys.stderr)
+            continue
+        if r.lo is None:
+            print(f"{r.table}: nothing to compare: {r.detail}")
+            continue
+        state = {"ok": "consistent", "differs": "DIFFERS", "repaired": "repaired"}[r.outcome]
+        print(f"{r.table}: {state}: {len(r.differing)} of {r.buckets} buckets differ between {r.lo} and {r.hi}")
+        for b in r.differing[:50]:
+            print(f"  {b.start}  clickhouse={b.source_rows:,}  iceberg={b.iceberg_rows:,}  ({b.iceberg_rows - b.source_rows:+,})")
+        if len(r.differing) > 50:
+            print(f"  ... and {len(r.differing) - 50} more buckets")
+        if r.outcome == "differs":
+            bad += 1
+            print(f"  missing in Iceberg: {r.missing_rows:,} rows; extra in Iceberg: {r.extra_rows:,} rows")
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def _reset(app: Any, table: str, to: str, yes: bool) -> int:
+    from offloader.source import format_time, parse_time
+
+    config = app.config.table(table)
+    try:
+        moment = format_time(parse_time(to.replace("T", " ").rstrip("Z")))
+    except ValueError:
+        raise ConfigError(f'--to = {to!r}: expected a UTC time such as "2026-11-20 00:00:00"') from None
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("reset deletes rows from Iceberg: pass --yes to confirm when not on a terminal")
+        answer = input(f"Delete the rows of {config.target} after {moment} UTC and move the cursor of {table} back? [y/N] ")
+        if answer.strip().lower() not in {"y", "yes"}:
+            print("nothing changed")
+            return EXIT_FAILED
+    done = app.reset(config, moment)
+    print(
+        f"{table}: cursor moved from {done.old_cursor} to {done.new_cursor}; {done.rows_deleted:,} rows deleted from "
+        f"Iceberg (snapshot {done.snapshot_id}); the next cycle offloads them again"
+    )
+    return EXIT_OK
+
+
+def _audit(app: Any, table: str | None, action: str | None, limit: int) -> int:
+    if table:
+        app.config.table(table)
+    for r in app.state.audits(table, action, limit):
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.started_at))
+        files = f" files {r.files_before} -> {r.files_after}" if r.files_before is not None else ""
+        dry = " (dry run)" if r.dry_run else ""
+        print(f"{started}Z  {r.table_name}  {r.action}  {r.outcome}{dry}{files}  {r.duration_seconds:.2f}s  {r.detail or ''}")
     return EXIT_OK
 
 

@@ -155,6 +155,12 @@ class TableConfig:
     safety_lag: float | None = None
     max_window: float | None = None
     cron: str | None = None
+    check_columns: tuple[str, ...] = ()
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        """The columns the consistency check sums a checksum over: ``check_columns``, or the cursor."""
+        return self.check_columns or self.cursor
 
     @property
     def source_database(self) -> str:
@@ -190,6 +196,22 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class MaintenanceConfig:
+    """What `offloader maintain` and `offloader check` do (also daily at ``schedule.maintenance_cron``)."""
+
+    target_file_size: int = 128 * 2**20
+    retain: float = 7 * 86400.0
+    orphan_age: float = 86400.0
+    settle: float = 86400.0
+    lock_wait: float = 600.0
+    check: bool = True
+    repair: bool = False
+    check_bucket: float = 3600.0
+    check_since: float | None = None
+    ttl_margin: float = 86400.0
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 9108
@@ -210,6 +232,7 @@ class Config:
     tables: tuple[TableConfig, ...]
     offload: OffloadConfig = OffloadConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
     data_dir: Path | None = None
@@ -355,7 +378,7 @@ class _Validator:
         self.problems.append(f"{key} = {value!r}: {accepted}")
 
     def build(self) -> Config:
-        known = {"source", "catalog", "state", "tables", "offload", "schedule", "server", "logging", "data_dir"}
+        known = {"source", "catalog", "state", "tables", "offload", "schedule", "maintenance", "server", "logging", "data_dir"}
         for key in self.raw:
             if key not in known:
                 self.problem(key, self.raw[key], f"unknown section; accepted: {', '.join(sorted(known))}")
@@ -364,6 +387,7 @@ class _Validator:
         state = self.state(self.section("state"))
         offload = self.offload(self.section("offload", required=False))
         schedule = self.schedule(self.section("schedule", required=False))
+        maintenance = self.maintenance(self.section("maintenance", required=False))
         server = self.server(self.section("server", required=False))
         logging = self.logging(self.section("logging", required=False))
         tables = self.tables(self.raw.get("tables"), offload)
@@ -377,6 +401,7 @@ class _Validator:
             tables=tuple(tables),
             offload=offload,
             schedule=schedule,
+            maintenance=maintenance,
             server=server,
             logging=logging,
             data_dir=Path(data_dir) if data_dir else None,
@@ -573,6 +598,26 @@ class _Validator:
             retry_backoff_max=self.duration("schedule.retry_backoff_max", s.get("retry_backoff_max"), 120.0),
         )
 
+    def maintenance(self, s: dict[str, Any]) -> MaintenanceConfig:
+        allowed = {
+            "target_file_size", "retain", "orphan_age", "settle", "lock_wait", "check", "repair",
+            "check_bucket", "check_since", "ttl_margin",
+        }  # fmt: skip
+        self.unknown_keys("maintenance", s, allowed)
+        since = s.get("check_since")
+        return MaintenanceConfig(
+            target_file_size=self.size("maintenance.target_file_size", s.get("target_file_size"), 128 * 2**20) or 0,
+            retain=self.duration("maintenance.retain", s.get("retain"), 7 * 86400.0, 60),
+            orphan_age=self.duration("maintenance.orphan_age", s.get("orphan_age"), 86400.0, 60),
+            settle=self.duration("maintenance.settle", s.get("settle"), 86400.0),
+            lock_wait=self.duration("maintenance.lock_wait", s.get("lock_wait"), 600.0),
+            check=self.boolean("maintenance.check", s.get("check"), True),
+            repair=self.boolean("maintenance.repair", s.get("repair"), False),
+            check_bucket=self.duration("maintenance.check_bucket", s.get("check_bucket"), 3600.0, 1),
+            check_since=None if since is None else self.duration("maintenance.check_since", since, 0, 1),
+            ttl_margin=self.duration("maintenance.ttl_margin", s.get("ttl_margin"), 86400.0),
+        )
+
     def server(self, s: dict[str, Any]) -> ServerConfig:
         self.unknown_keys("server", s, {"host", "port", "enabled"})
         host = s.get("host", "127.0.0.1")
@@ -639,6 +684,7 @@ class _Validator:
         allowed = {
             "name", "source", "target", "layer", "cursor", "partition_by", "depends_on", "mode", "replace_lookback",
             "uint64", "bigint", "truncate_datetime64", "target_file_size", "safety_lag", "max_window", "cron",
+            "check_columns",
         }  # fmt: skip
         self.unknown_keys(label, t, allowed)
         if not isinstance(name, str) or not IDENTIFIER.match(name):
@@ -679,6 +725,7 @@ class _Validator:
             safety_lag=None if t.get("safety_lag") is None else self.duration(f"{label}.safety_lag", t["safety_lag"], 0),
             max_window=None if t.get("max_window") is None else self.duration(f"{label}.max_window", t["max_window"], 0, 0.001),
             cron=self.cron(f"{label}.cron", t.get("cron")),
+            check_columns=self.names(f"{label}.check_columns", t.get("check_columns", [])),
         )
         return table if len(self.problems) == before else None
 

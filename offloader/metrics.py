@@ -14,13 +14,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from offloader import __version__
 from offloader.config import TableConfig
+from offloader.maintenance import ActionResult, MaintenanceObserver
 from offloader.offload import Observer, TableResult, WindowResult
 from offloader.source import parse_time
 
+MAINTENANCE_ACTIONS = ("compact", "expire_snapshots", "remove_orphans", "check", "repair", "reset")
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
-class Metrics(Observer):
+class Metrics(Observer, MaintenanceObserver):
     """Every metric offloader exports, updated from windows, runs and cycles."""
 
     def __init__(self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time) -> None:
@@ -55,6 +57,64 @@ class Metrics(Observer):
         self.conflicts = Counter(
             "offloader_commit_conflicts", "Commits that lost to another writer and were re-planned.", ["table"], registry=r
         )
+        self.cycle_last_duration = Gauge(
+            "offloader_cycle_last_duration_seconds", "Duration of the last finished cycle.", registry=r
+        )
+        self.cycle_started = Gauge(
+            "offloader_cycle_started_timestamp_seconds", "When the cycle in flight started; 0 when none runs.", registry=r
+        )
+        # maintenance, consistency and TTL (offloader maintain / check, and the daily slot)
+        self.maintenance_actions = Counter(
+            "offloader_maintenance_actions", "Maintenance actions, by outcome (ok, failed, skipped).",
+            ["table", "action", "outcome"], registry=r,
+        )  # fmt: skip
+        self.maintenance_duration = Histogram(
+            "offloader_maintenance_duration_seconds", "Duration of one maintenance action on one table.",
+            ["table", "action"], buckets=RUN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.maintenance_files_removed = Counter(
+            "offloader_maintenance_files_removed", "Files taken out of the table (compacted away) or deleted (orphans).",
+            ["table", "action"], registry=r,
+        )  # fmt: skip
+        self.maintenance_files_added = Counter(
+            "offloader_maintenance_files_added", "Data files written by compaction.", ["table"], registry=r
+        )
+        self.maintenance_bytes_removed = Counter(
+            "offloader_maintenance_bytes_removed",
+            "Bytes of the files removed or compacted away.",
+            ["table", "action"],
+            registry=r,
+        )
+        self.snapshots_expired = Counter(
+            "offloader_maintenance_snapshots_expired", "Snapshots expired from table metadata.", ["table"], registry=r
+        )
+        self.maintenance_last_success = Gauge(
+            "offloader_maintenance_last_success_timestamp_seconds", "When maintenance of the table last succeeded.",
+            ["table"], registry=r,
+        )  # fmt: skip
+        self.data_files = Gauge(
+            "offloader_data_files", "Data files in the table's current snapshot, after maintenance.", ["table"], registry=r
+        )
+        self.mismatch_ratio = Gauge(
+            "offloader_consistency_mismatch_ratio", "Share of the compared time buckets that differ between ClickHouse and Iceberg.",
+            ["table"], registry=r,
+        )  # fmt: skip
+        self.missing_rows = Gauge(
+            "offloader_consistency_missing_rows", "Rows ClickHouse holds that Iceberg lacks, over the compared range.",
+            ["table"], registry=r,
+        )  # fmt: skip
+        self.extra_rows = Gauge(
+            "offloader_consistency_extra_rows", "Rows Iceberg holds beyond ClickHouse's, over the compared range.",
+            ["table"], registry=r,
+        )  # fmt: skip
+        self.last_check = Gauge(
+            "offloader_consistency_last_check_timestamp_seconds", "When the table was last checked.", ["table"], registry=r
+        )
+        self.ttl_headroom = Gauge(
+            "offloader_ttl_headroom_seconds",
+            "Time left before the source table's TTL deletes its oldest row not yet offloaded (+Inf when none waits).",
+            ["table"], registry=r,
+        )  # fmt: skip
         self.build_info = Gauge("offloader_build_info", "offloader's version.", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
 
@@ -65,6 +125,9 @@ class Metrics(Observer):
             for metric in (self.bytes, self.files, self.mismatches, self.conflicts):
                 metric.labels(table=table.name)
             self.consecutive_failures.labels(table=table.name).set(0)
+            for action in MAINTENANCE_ACTIONS:
+                for outcome in ("ok", "failed", "skipped"):
+                    self.maintenance_actions.labels(table=table.name, action=action, outcome=outcome)
 
     # -- Observer ----------------------------------------------------------------------------
 
@@ -100,3 +163,33 @@ class Metrics(Observer):
     def set_lag(self, table: TableConfig, seconds: float | None) -> None:
         if seconds is not None:
             self.lag.labels(table=table.name).set(max(seconds, 0.0))
+
+    # -- maintenance, consistency, TTL -----------------------------------------------------
+
+    def action_finished(self, table: TableConfig, result: ActionResult) -> None:
+        name = table.name
+        outcome = {"nothing_to_do": "ok"}.get(result.outcome, result.outcome)
+        self.maintenance_actions.labels(table=name, action=result.action, outcome=outcome).inc()
+        self.maintenance_duration.labels(table=name, action=result.action).observe(result.duration)
+        if result.dry_run:
+            return
+        if result.action in {"compact", "remove_orphans"}:
+            self.maintenance_files_removed.labels(table=name, action=result.action).inc(result.files_removed)
+            self.maintenance_bytes_removed.labels(table=name, action=result.action).inc(result.bytes_removed)
+        if result.action == "compact":
+            self.maintenance_files_added.labels(table=name).inc(result.files_added)
+        if result.action == "expire_snapshots":
+            self.snapshots_expired.labels(table=name).inc(result.snapshots_expired)
+        if result.data_files is not None:
+            self.data_files.labels(table=name).set(result.data_files)
+        if result.action in {"compact", "expire_snapshots", "remove_orphans"} and result.ok:
+            self.maintenance_last_success.labels(table=name).set(self.clock())
+        if result.action == "check" and result.extra.get("compared"):
+            self.mismatch_ratio.labels(table=name).set(result.extra["ratio"])
+            self.missing_rows.labels(table=name).set(result.extra["missing_rows"])
+            self.extra_rows.labels(table=name).set(result.extra["extra_rows"])
+            self.last_check.labels(table=name).set(self.clock())
+
+    def set_ttl_headroom(self, table: TableConfig, seconds: float | None) -> None:
+        if seconds is not None:
+            self.ttl_headroom.labels(table=table.name).set(seconds)

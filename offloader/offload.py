@@ -20,6 +20,7 @@ rewrites exactly the Iceberg rows of its time range, and the cursor only moves u
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -46,7 +47,7 @@ from offloader.errors import (
 )
 from offloader.faults import checkpoint, reply_lost
 from offloader.sink import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, Marker, Sink, SinkTable, WindowWrite
-from offloader.source import Cursor, Engine, Source, Window, format_time, parse_time, read_ahead
+from offloader.source import Cursor, Engine, Source, Window, format_time, micros, parse_time, read_ahead
 from offloader.state import RunRecord, StateStore
 
 
@@ -183,11 +184,40 @@ class TableOffload:
                 files=result.files, bytes=result.bytes, seconds=round(result.duration, 3),
             )  # fmt: skip
 
-    def _run_locked(self, result: TableResult, record: RunRecord, log: Any) -> None:
+    def prepare(self) -> tuple[Source, Any, Any, SinkTable]:
+        """The source, its column plans and Iceberg schema, and the (created if new) sink table."""
         source = Source(self.engine, self.table.source_database, self.table.source_table, self.table.cursor)
         plans = types.plan_columns(source.columns(), self.options)
         schema = types.iceberg_schema(plans)
         sink_table = self.sink.open(self.table, schema, self.table.target_file_size or self.config.offload.target_file_size)
+        return source, plans, schema, sink_table
+
+    def replace_range(
+        self, start: str, end: str, marker: dict[str, Any], result: TableResult, log: Any,
+        prepared: tuple[Source, Any, Any, SinkTable] | None = None,
+    ) -> WindowResult | None:  # fmt: skip
+        """Make Iceberg's rows with ``start <= time <= end`` those of ClickHouse, in ONE commit.
+
+        Used behind the cursor (repair, reset): the source rows of the range are written, the
+        files holding Iceberg rows of the range are rewritten without them, and the snapshot
+        carries ``marker``. The rows written must equal count() of the range in ClickHouse.
+        Returns None when neither side holds a row of the range. The caller holds the lock.
+        """
+        source, plans, schema, sink_table = prepared or self.prepare()
+        window = Window(Cursor((start,)), end, inclusive=True)
+        stats = source.stats(window)
+        tx = self._write_window(source, sink_table, plans, schema, window)
+        self._verify(tx, stats.rows, window, result, log)
+        replaced = tx.replaced_files(self.table.cursor[0], micros(start), micros(end))
+        if not stats.rows and not replaced:
+            tx.discard()
+            return None
+        marker = {**marker, ROWS_KEY: str(stats.rows)}
+        snapshot_id = self._commit(sink_table, tx, marker, replaced, log)
+        return self._committed(tx, snapshot_id, json.loads(marker[CURSOR_KEY]), window, result, log)
+
+    def _run_locked(self, result: TableResult, record: RunRecord, log: Any) -> None:
+        source, plans, schema, sink_table = self.prepare()
         attempts = self.config.offload.commit_attempts
         for attempt in range(1, attempts + 1):
             try:
@@ -329,8 +359,6 @@ class TableOffload:
             raise
 
     def _marker(self, result: TableResult, cursor: list[Any], rows: int, hi: str) -> dict[str, Any]:
-        import json
-
         return {
             CURSOR_KEY: json.dumps(cursor),
             RUN_KEY: result.run_id,
@@ -410,7 +438,7 @@ class TableOffload:
             stats = source.stats(window)
             tx = self._write_window(source, sink_table, plans, schema, window)
             self._verify(tx, stats.rows, window, result, log)
-            replaced = tx.replaced_files(column, _micros(start), _micros(end))
+            replaced = tx.replaced_files(column, micros(start), micros(end))
             if stats.rows or replaced:
                 moved = min(end, frozen, key=lambda t: parse_time(t))
                 if floor is not None and parse_time(moved) < parse_time(floor):
@@ -427,8 +455,3 @@ class TableOffload:
             if following is None:
                 return
             start = following
-
-
-def _micros(text: str) -> int:
-    moment = parse_time(text)
-    return int(moment.timestamp()) * 1_000_000 + moment.microsecond

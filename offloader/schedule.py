@@ -5,6 +5,8 @@ APScheduler 3.x runs the offload cycle on ``[schedule] cron`` (or a seconds-leve
 of their own on theirs. Cycles run one at a time in a single worker (``max_instances = 1``,
 ``coalesce``): a cycle that overran is never followed by a burst of catch-up runs. A
 heartbeat job in an executor of its own proves the scheduler is ticking, for ``/healthz``.
+Maintenance (compaction, expiry, orphans) and the consistency check run daily at
+``schedule.maintenance_cron`` in the same worker, so they never overlap a cycle.
 
 SIGTERM or SIGINT stops new work; the table in flight finishes its window or abandons it
 before the commit (never half a commit), and the process exits 0 within ``shutdown_timeout``.
@@ -16,7 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -25,6 +27,7 @@ from offloader.app import App
 from offloader.config import TableConfig
 from offloader.metrics import Metrics
 from offloader.offload import TableResult
+from offloader.source import format_time
 
 HEARTBEAT_SECONDS = 1.0
 
@@ -40,6 +43,7 @@ class Service:
         self.config = app.config
         self.metrics = metrics or Metrics()
         self.metrics.declare(list(self.config.tables))
+        self.restore_check_gauges()
         self.monotonic = monotonic
         self.stop = threading.Event()
         self.log = structlog.get_logger("offloader")
@@ -87,7 +91,51 @@ class Service:
         self.last_tick = self.monotonic()
 
     def _maintenance(self) -> None:
-        self.log.info("maintenance_slot", action="none", reason="maintenance is not part of this release")
+        """The daily slot: compaction, expiry and orphan removal, then the consistency check."""
+        if self.stop.is_set():
+            return
+        self._idle.clear()
+        started = time.perf_counter()
+        try:
+            self.log.info("maintenance_started", tables=len(self.config.tables))
+            actions = self.app.maintain(observer=self.metrics, stop=self.stop)
+            checks = []
+            settings = self.config.maintenance
+            if settings.check and not self.stop.is_set():
+                since = None
+                if settings.check_since is not None:
+                    since = format_time(datetime.now(UTC) - timedelta(seconds=settings.check_since))
+                checks = self.app.check(since=since, repair=settings.repair, observer=self.metrics, stop=self.stop)
+            self.log.info(
+                "maintenance_finished", seconds=round(time.perf_counter() - started, 3),
+                failed=sorted({f"{a.table}:{a.action}" for a in actions if a.outcome == "failed"}),
+                differing=sorted(c.table for c in checks if c.differing),
+            )  # fmt: skip
+        except Exception:  # the scheduler must outlive any bug in maintenance
+            self.log.exception("maintenance_crashed")
+        finally:
+            _give_back_memory()
+            self._idle.set()
+
+    def restore_check_gauges(self) -> None:
+        """The consistency gauges from each table's last recorded check, so a restart keeps them."""
+        import json
+
+        for table in self.config.tables:
+            try:
+                last = self.app.state.audits(table.name, "check", limit=1)
+            except Exception:  # noqa: S112 - gauges stay unset until the next check
+                continue
+            if not last or last[0].outcome != "ok" or not last[0].detail:
+                continue
+            try:
+                found = json.loads(last[0].detail)
+                self.metrics.mismatch_ratio.labels(table=table.name).set(float(found["ratio"]))
+                self.metrics.missing_rows.labels(table=table.name).set(int(found["missing_rows"]))
+                self.metrics.extra_rows.labels(table=table.name).set(int(found["extra_rows"]))
+                self.metrics.last_check.labels(table=table.name).set(last[0].started_at)
+            except (ValueError, KeyError, TypeError):
+                continue
 
     def run_cycle(self, tables: list[TableConfig]) -> list[TableResult]:
         """One cycle over ``tables``; metrics updated per table and per cycle."""
@@ -95,6 +143,7 @@ class Service:
             return []
         self._idle.clear()
         started = time.perf_counter()
+        self.metrics.cycle_started.set(time.time())
         try:
             self.log.info("cycle_started", tables=len(tables))
             results = self.app.run_cycle(tables, observer=self.metrics, stop=self.stop)
@@ -113,7 +162,10 @@ class Service:
             self.log.exception("cycle_crashed")
             return []
         finally:
-            self.metrics.cycle_duration.observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.cycle_duration.observe(seconds)
+            self.metrics.cycle_last_duration.set(seconds)
+            self.metrics.cycle_started.set(0)
             self.cycles_done += 1
             _give_back_memory()
             self._idle.set()
@@ -124,6 +176,7 @@ class Service:
             if status.cursor:
                 self.metrics.set_watermark(table, str(status.cursor[0]))
             self.metrics.set_lag(table, status.lag_seconds)
+            self.metrics.set_ttl_headroom(table, status.ttl_headroom_seconds)
 
     # -- health ------------------------------------------------------------------------------
 

@@ -62,6 +62,22 @@ class Marker:
     window_hi: str | None = None
 
 
+@dataclass(frozen=True)
+class DataFileEntry:
+    """One live data file of a table, as maintenance sees it."""
+
+    file: Any  # PyIceberg's DataFile
+    path: str
+    partition: str  # a printable, comparable key of (spec, partition values)
+    spec_id: int
+    size: int
+    rows: int
+    time_lower: int | None  # bounds of the time column, microseconds
+    time_upper: int | None
+    time_partition: int | None  # the value of a time transform of the time column, if the spec has one
+    has_deletes: bool
+
+
 @dataclass
 class WrittenFiles:
     """Data files written for one window, not yet committed."""
@@ -277,6 +293,200 @@ class SinkTable:
                     pass
         return removed
 
+    def carried_marker(self, operation: str) -> dict[str, str]:
+        """Snapshot properties for a maintenance commit: the current marker, carried forward.
+
+        Compaction, repair and expiry leave the cursor where it is; carrying the marker into
+        their snapshot keeps it at the head of the lineage, where the next run finds it
+        even after the snapshots before it are expired.
+        """
+        marker = self.marker()
+        props = {COMMIT_KEY: uuid.uuid4().hex, ROWS_KEY: "0", "offloader.operation": operation}
+        if marker is not None:
+            props.update({CURSOR_KEY: json.dumps(marker.cursor), RUN_KEY: marker.run_id})
+            if marker.window_hi:
+                props[HI_KEY] = marker.window_hi
+        return props
+
+    def data_files(self, time_column: str) -> list[DataFileEntry]:
+        """The data files of the current snapshot, with their time bounds."""
+        from pyiceberg.conversions import from_bytes
+
+        if self.table.current_snapshot() is None:
+            return []
+        schema = self.table.schema()
+        field = schema.find_field(time_column)
+        specs = self.table.specs()
+        out = []
+        try:
+            for task in self.table.scan().plan_files():
+                f = task.file
+                spec = specs[f.spec_id]
+                lower = f.lower_bounds.get(field.field_id) if f.lower_bounds else None
+                upper = f.upper_bounds.get(field.field_id) if f.upper_bounds else None
+                time_partition = None
+                for index, pf in enumerate(spec.fields):
+                    if pf.source_id == field.field_id and _is_time_transform(pf.transform):
+                        time_partition = f.partition[index]
+                out.append(
+                    DataFileEntry(
+                        file=f, path=f.file_path, partition=f"{f.spec_id}:{f.partition!r}", spec_id=f.spec_id,
+                        size=f.file_size_in_bytes, rows=f.record_count,
+                        time_lower=_as_int(from_bytes(field.field_type, lower)) if lower is not None else None,
+                        time_upper=_as_int(from_bytes(field.field_type, upper)) if upper is not None else None,
+                        time_partition=time_partition, has_deletes=bool(task.delete_files),
+                    )
+                )  # fmt: skip
+        except Exception as exc:
+            raise CatalogError(f"cannot list the data files of {self.config.target}: {first_line(exc)}") from exc
+        return out
+
+    def time_partition_of(self, time_column: str, micros: int) -> int | None:
+        """The value the spec's time transform of ``time_column`` gives ``micros`` (None without one)."""
+        field = self.table.schema().find_field(time_column)
+        for pf in self.table.spec().fields:
+            if pf.source_id == field.field_id and _is_time_transform(pf.transform):
+                return int(pf.transform.transform(field.field_type)(micros))
+        return None
+
+    def read_file(self, entry: DataFileEntry) -> Iterator[pa.RecordBatch]:
+        """The rows of one data file as record batches, in the table's current schema."""
+        from pyiceberg.expressions import AlwaysTrue
+        from pyiceberg.io.pyarrow import ArrowScan
+        from pyiceberg.table import FileScanTask
+
+        metadata = self.table.metadata
+        try:
+            scan = ArrowScan(metadata, self.table.io, metadata.schema(), AlwaysTrue())
+            yield from scan.to_record_batches([FileScanTask(entry.file)])
+        except Exception as exc:
+            raise CatalogError(f"cannot read {entry.path} of {self.config.target}: {first_line(exc)}") from exc
+
+    def rewrite(
+        self, old: list[DataFileEntry], tables: Iterable[pa.Table], props: Mapping[str, str], target_size: int
+    ) -> tuple[int, list[Any]]:
+        """Replace the files ``old`` by files holding the rows of ``tables``, in ONE snapshot.
+
+        The rows written must number exactly the rows of ``old``, or nothing is committed.
+        Returns the snapshot id and the new DataFiles.
+        """
+        from pyiceberg.exceptions import CommitFailedException
+
+        tx = self.table.transaction()
+        files = _RollingFiles(tx.table_metadata, self.table.io, uuid.uuid4(), target_size, lanes=1)
+        try:
+            added: list[Any] = []
+            for rows in tables:
+                added += files.write(rows)
+            added += files.finish()
+        except BaseException:
+            for path in files.abandon():
+                _delete_quietly(self.table.io, path)
+            raise
+        expected = sum(e.rows for e in old)
+        written = sum(f.record_count for f in added)
+        paths = [f.file_path for f in added]
+        if written != expected:
+            for path in paths:
+                _delete_quietly(self.table.io, path)
+            raise CatalogError(
+                f"{self.config.target}: rewriting {len(old)} files wrote {written} rows instead of {expected}; nothing was committed"
+            )
+        try:
+            with tx.update_snapshot(snapshot_properties=dict(props)).overwrite() as producer:
+                for entry in old:
+                    producer.delete_data_file(entry.file)
+                for data_file in added:
+                    producer.append_data_file(data_file)
+            self.table = tx.commit_transaction()
+        except CommitFailedException as exc:
+            for path in paths:
+                _delete_quietly(self.table.io, path)
+            raise CommitConflictError(f"{self.config.target}: another writer committed first ({exc})") from exc
+        except Exception as exc:
+            raise CommitUnknownError(f"{self.config.target}: commit outcome unknown: {first_line(exc)}") from exc
+        return int(self.table.current_snapshot().snapshot_id), added
+
+    def snapshots(self) -> list[Any]:
+        return list(self.table.metadata.snapshots)
+
+    def protected_snapshots(self) -> set[int]:
+        """Snapshots expiry must keep: branch and tag heads, and the lineage from the current
+        snapshot back to the newest one carrying the offload marker (cursor and run id)."""
+        from pyiceberg.table.refs import SnapshotRefType
+
+        keep = {
+            ref.snapshot_id
+            for ref in self.table.metadata.refs.values()
+            if ref.snapshot_ref_type in (SnapshotRefType.TAG, SnapshotRefType.BRANCH)
+        }
+        for snapshot in self._lineage():
+            keep.add(snapshot.snapshot_id)
+            props = snapshot.summary.additional_properties if snapshot.summary else {}
+            if CURSOR_KEY in props:
+                break
+        return keep
+
+    def expire(self, snapshot_ids: list[int]) -> None:
+        from pyiceberg.exceptions import CommitFailedException
+
+        try:
+            self.table.maintenance.expire_snapshots().by_ids(snapshot_ids).commit()
+            self.refresh()
+        except CommitFailedException as exc:
+            raise CommitConflictError(f"{self.config.target}: another writer committed first ({exc})") from exc
+        except Exception as exc:
+            raise CatalogError(f"{self.config.target}: expiring snapshots failed: {first_line(exc)}") from exc
+
+    def referenced_files(self) -> set[str]:
+        """Every file a snapshot or the metadata still refers to: metadata files, manifest
+        lists, manifests, data and delete files."""
+        metadata = self.table.metadata
+        io = self.table.io
+        refs = {self.table.metadata_location}
+        refs |= {entry.metadata_file for entry in metadata.metadata_log}
+        refs |= {s.statistics_path for s in metadata.statistics}
+        refs |= {s.statistics_path for s in getattr(metadata, "partition_statistics", [])}
+        manifests: dict[str, Any] = {}
+        try:
+            for snapshot in metadata.snapshots:
+                refs.add(snapshot.manifest_list)
+                for manifest in snapshot.manifests(io):
+                    manifests.setdefault(manifest.manifest_path, manifest)
+            for path, manifest in manifests.items():
+                refs.add(path)
+                for entry in manifest.fetch_manifest_entry(io, discard_deleted=True):
+                    refs.add(entry.data_file.file_path)
+        except Exception as exc:
+            raise CatalogError(f"cannot read the manifests of {self.config.target}: {first_line(exc)}") from exc
+        return refs
+
+    def all_files(self) -> list[tuple[str, float, int]]:
+        """(location, modification time, size) of every file under the table's location."""
+        try:
+            return _walk_files(self.table.io, self.table.metadata.location)
+        except Exception as exc:
+            raise CatalogError(f"cannot list the files of {self.config.target}: {first_line(exc)}") from exc
+
+    def delete_file(self, path: str) -> None:
+        try:
+            self.table.io.delete(path)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise CatalogError(f"cannot delete {path}: {first_line(exc)}") from exc
+
+    def scan_batches(self, columns: list[str], column: str, lo_micros: int, hi_micros: int) -> Iterator[pa.RecordBatch]:
+        """Stream ``columns`` of the rows with ``lo <= column <= hi``."""
+        from pyiceberg.expressions import And, GreaterThanOrEqual, LessThanOrEqual
+
+        row_filter = And(GreaterThanOrEqual(column, lo_micros), LessThanOrEqual(column, hi_micros))  # type: ignore[call-arg,arg-type]
+        try:
+            reader = self.table.scan(row_filter=row_filter, selected_fields=tuple(columns)).to_arrow_batch_reader()
+            yield from reader
+        except Exception as exc:
+            raise CatalogError(f"cannot read {self.config.target}: {first_line(exc)}") from exc
+
     def row_count(self) -> int:
         snapshot = self.table.current_snapshot()
         if snapshot is None or snapshot.summary is None:
@@ -312,9 +522,7 @@ class _RollingFiles:
     ``lanes + 1`` chunks wait for the writers, so memory stays bounded.
     """
 
-    lanes = 2
-
-    def __init__(self, metadata: Any, io: Any, write_uuid: uuid.UUID, target_size: int) -> None:
+    def __init__(self, metadata: Any, io: Any, write_uuid: uuid.UUID, target_size: int, lanes: int = 2) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         from pyiceberg.io.fileformat import FileFormatFactory
@@ -325,6 +533,7 @@ class _RollingFiles:
         self.io = io
         self.write_uuid = write_uuid
         self.target_size = target_size
+        self.lanes = lanes
         self.schema = metadata.schema()
         self.spec = metadata.spec()
         self.format = FileFormatFactory.get(FileFormat.PARQUET)
@@ -595,6 +804,39 @@ class WindowWrite:
                 except Exception:  # noqa: S110 - an orphan file is harmless; maintenance removes it
                     pass
         self.written = WrittenFiles(files=[])
+
+
+def _as_int(value: Any) -> int | None:
+    """A time bound as stored (microseconds); None for a column that is not a time."""
+    return value if isinstance(value, int) else None
+
+
+def _is_time_transform(transform: Any) -> bool:
+    from pyiceberg.transforms import DayTransform, HourTransform, MonthTransform, YearTransform
+
+    return isinstance(transform, YearTransform | MonthTransform | DayTransform | HourTransform)
+
+
+def _delete_quietly(io: Any, path: str) -> None:
+    try:
+        io.delete(path)
+    except Exception:  # noqa: S110 - an orphan file is harmless; orphan removal deletes it
+        pass
+
+
+def _walk_files(io: Any, folder: str) -> list[tuple[str, float, int]]:
+    """(location, mtime, size) of every file under ``folder``, recursively, through the FileIO."""
+    from pyarrow.fs import FileSelector, FileType
+
+    scheme, netloc, path = io.parse_location(folder)
+    fs = io.fs_by_scheme(scheme, netloc)
+    prefix = folder[: len(folder) - len(path)] if folder.endswith(path) else f"{scheme}://"
+    infos = fs.get_file_info(FileSelector(path, allow_not_found=True, recursive=True))
+    return [
+        (prefix + info.path, info.mtime.timestamp() if info.mtime else 0.0, int(info.size or 0))
+        for info in infos
+        if info.type == FileType.File
+    ]
 
 
 def _metadata_version(path: str) -> int | None:

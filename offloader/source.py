@@ -62,6 +62,7 @@ class ChdbEngine:
         self._lock = threading.RLock()
         try:
             self._conn = chdb.connect(path)
+            _EMBEDDED_PATH.append(path)
         except Exception as exc:  # chDB raises plain RuntimeErrors
             raise SourceError(f"cannot open the embedded ClickHouse data directory {path!r}: {exc}") from exc
 
@@ -111,6 +112,38 @@ class ChdbEngine:
             self._conn.close()
         except Exception:  # noqa: S110 - closing twice is harmless
             pass
+
+
+_EMBEDDED_PATH: list[str] = []  # the data directory chDB was started on in this process
+
+
+def local_arrow_rows(sql: str, arrow_input: pa.Table) -> list[tuple[Any, ...]]:
+    """Run ``sql`` on the embedded ClickHouse engine over ``arrow_input`` (``Python(arrow_input)``).
+
+    Used to compute on the Iceberg side exactly what the source computes (checksums). chDB
+    runs one embedded server per process, on the data directory it was first opened with.
+    """
+    import chdb
+
+    paths = _EMBEDDED_PATH[-1:] or [":memory:"]
+    try:
+        try:
+            conn = chdb.connect(paths[0])
+        except Exception as exc:
+            match = re.search(r"initialized with path '([^']*)'", str(exc))
+            if match is None:
+                raise
+            conn = chdb.connect(match.group(1))
+        try:
+            data = conn.query(sql, "Arrow").bytes()
+        finally:
+            conn.close()
+    except Exception as exc:
+        raise SourceError(f"the embedded ClickHouse engine failed on Iceberg rows: {first_line(exc)}") from exc
+    if not data:
+        return []
+    table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
+    return list(zip(*(col.to_pylist() for col in table.columns), strict=True)) if table.num_columns else []
 
 
 class HttpEngine:
@@ -238,6 +271,44 @@ def _param_strings(params: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+_TTL_MOVES = re.compile(r"\b(TO\s+(DISK|VOLUME)|RECOMPRESS|GROUP\s+BY)\b", re.IGNORECASE)
+
+
+def _split_top(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside parentheses and quotes."""
+    parts, depth, quote_char, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote_char:
+            if ch == quote_char and text[i - 1] != "\\":
+                quote_char = ""
+        elif ch in "'`\"":
+            quote_char = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def delete_ttls(engine_full: str) -> list[str]:
+    """The expressions of a table's row-deleting TTL rules, from ``system.tables.engine_full``."""
+    match = re.search(r"\sTTL\s(.*?)(\sSETTINGS\s.*)?$", engine_full, re.DOTALL)
+    if not match:
+        return []
+    out = []
+    for rule in _split_top(match.group(1)):
+        if _TTL_MOVES.search(rule):
+            continue
+        rule = re.split(r"\s+DELETE\b", rule, maxsplit=1, flags=re.IGNORECASE)[0].strip()
+        if rule:
+            out.append(rule)
+    return out
+
+
 def connect(config: SourceConfig) -> Engine:
     """Open the engine the DSN names: chDB for ``chdb://``, HTTP otherwise."""
     if config.embedded:
@@ -284,6 +355,18 @@ def _normalise_time(text: str) -> str:
 def parse_time(text: str) -> datetime:
     head, _, frac = text.partition(".")
     return datetime.strptime(f"{head}.{(frac or '0')[:6].ljust(6, '0')}", TS_FORMAT).replace(tzinfo=UTC)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micros(text: str) -> int:
+    """A UTC time text as microseconds since the epoch (sub-microsecond digits truncated)."""
+    return (parse_time(text) - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(value: int) -> str:
+    return format_time(_EPOCH + timedelta(microseconds=value))
 
 
 def format_time(moment: datetime) -> str:
@@ -370,10 +453,12 @@ class Source:
             else:
                 clauses.append(f"{time_col} >= {{c0:{TS_PARAM}}}")
                 cols = ", ".join(quote(c) for c in self.cursor)
-                for i, value in enumerate(window.lo.values[1:], start=1):
+                for i, value in enumerate(window.lo.values[1 : len(self.cursor)], start=1):
                     params[f"c{i}"] = value
                 vals = ", ".join(f"{{c{i}:{self._param_type(c)}}}" for i, c in enumerate(self.cursor))
-                clauses.append(f"({cols}) > ({vals})" if len(self.cursor) > 1 else f"{time_col} > {{c0:{TS_PARAM}}}")
+                whole = len(self.cursor) > 1 and len(window.lo.values) == len(self.cursor)
+                # a cursor of the time alone (after a reset) is exclusive on the time column
+                clauses.append(f"({cols}) > ({vals})" if whole else f"{time_col} > {{c0:{TS_PARAM}}}")
         return " AND ".join(clauses), params
 
     def backlog(self, lo: Cursor | None, hi: str, inclusive: bool = False) -> tuple[int, str | None]:
@@ -415,6 +500,60 @@ class Source:
         """The inclusive end of a window starting at ``first``: no longer than ``max_window``."""
         end = parse_time(first) + timedelta(seconds=max_window)
         return min(format_time(end), hi, key=_normalise_time)
+
+    def last_at_or_before(self, moment: str) -> Cursor | None:
+        """The greatest cursor tuple whose time is at or before ``moment`` (read in key order)."""
+        order = ", ".join(f"{quote(c)} DESC" for c in self.cursor)
+        parts = ", ".join(f"toString({quote(c)}, 'UTC')" if i == 0 else quote(c) for i, c in enumerate(self.cursor))
+        rows = self.engine.rows(
+            f"SELECT {parts} FROM {self.relation} WHERE {quote(self.cursor[0])} <= {{t:{TS_PARAM}}} ORDER BY {order} LIMIT 1",
+            {"t": moment},
+        )
+        return Cursor(tuple(rows[0])) if rows else None
+
+    # -- TTL ---------------------------------------------------------------------------
+
+    def ttl_expressions(self) -> list[str]:
+        """The row-deleting TTL expressions of the table (``TTL x + INTERVAL …``), if any."""
+        rows = self.engine.rows(
+            "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {tbl:String}",
+            {"db": self.database, "tbl": self.table},
+        )
+        return delete_ttls(str(rows[0][0])) if rows else []
+
+    def ttl_headroom(self, lo: Cursor | None) -> float | None:
+        """Seconds before the TTL deletes the oldest row after ``lo``; inf when none waits, None without a TTL."""
+        ttls = self.ttl_expressions()
+        if not ttls:
+            return None
+        where, params = self._where(Window(lo, "2299-12-31 23:59:59.999999"))
+        expr = ttls[0] if len(ttls) == 1 else f"least({', '.join(ttls)})"
+        ((count, seconds),) = self.engine.rows(
+            f"SELECT count(), min(toUnixTimestamp(toDateTime({expr}))) - toUnixTimestamp(now()) FROM {self.relation}"
+            f" WHERE {where}",
+            params,
+        )
+        return float("inf") if not count else float(seconds)
+
+    def oldest_kept(self, grace: float) -> str | None:
+        """The oldest time whose rows the TTL keeps for at least ``grace`` seconds more (all rows without a TTL)."""
+        ttls = self.ttl_expressions()
+        time_col = quote(self.cursor[0])
+        where = ""
+        if ttls:
+            expr = ttls[0] if len(ttls) == 1 else f"least({', '.join(ttls)})"
+            where = f" WHERE toDateTime({expr}) > now() + toIntervalSecond({int(grace)})"
+        ((count, oldest),) = self.engine.rows(f"SELECT count(), toString(min({time_col}), 'UTC') FROM {self.relation}{where}")
+        return str(oldest) if count else None
+
+    def bucket_sums(self, select: str, lo: str, hi: str) -> list[tuple[Any, ...]]:
+        """``select`` (bucket, count, checksum …) over the rows with ``lo <= time <= hi``, grouped by bucket."""
+        time_col = quote(self.cursor[0])
+        return self.engine.rows(
+            f"SELECT {select} FROM {self.relation} WHERE {time_col} >= {{lo:{TS_PARAM}}} AND {time_col} <= {{hi:{TS_PARAM}}}"
+            " GROUP BY bucket ORDER BY bucket",
+            {"lo": lo, "hi": hi},
+        )
 
     # -- one window ----------------------------------------------------------------------
 

@@ -55,6 +55,25 @@ class RunRecord:
     error_message: str | None = None
 
 
+@dataclass
+class AuditRecord:
+    """One maintenance action on one table, as written to ``maintenance_audit_log``."""
+
+    id: str
+    table_name: str
+    action: str
+    started_at: float
+    duration_seconds: float = 0.0
+    outcome: str = "ok"  # ok | nothing_to_do | failed | skipped
+    dry_run: int = 0
+    files_before: int | None = None
+    files_after: int | None = None
+    bytes_before: int | None = None
+    bytes_after: int | None = None
+    snapshot_id: int | None = None
+    detail: str | None = None
+
+
 def schema_files() -> list[Path]:
     files = sorted(_PACKAGED_SCHEMA.glob("*.sql"))
     if not files:
@@ -225,11 +244,53 @@ class StateStore:
         with self._connection("prune the run history") as conn:
             return int(conn.execute(text("DELETE FROM offloader_runs WHERE started_at < :c"), {"c": older_than}).rowcount)
 
+    # -- maintenance audit log -------------------------------------------------------------
+
+    def record_audit(self, record: AuditRecord) -> None:
+        from sqlalchemy import text
+
+        values = dict(record.__dict__)
+        with self._connection("write the maintenance audit log") as conn:
+            conn.execute(
+                text(f"INSERT INTO maintenance_audit_log ({', '.join(values)}) VALUES ({', '.join(':' + c for c in values)})"),
+                values,
+            )
+
+    def audits(self, table: str | None = None, action: str | None = None, limit: int = 50) -> list[AuditRecord]:
+        """The newest audit records first, optionally of one table and one action."""
+        from sqlalchemy import text
+
+        fields = ", ".join(AuditRecord.__dataclass_fields__)
+        where = " AND ".join(c for c, v in (("table_name = :t", table), ("action = :a", action)) if v)
+        with self._connection("read the maintenance audit log") as conn:
+            rows = conn.execute(
+                text(
+                    f"SELECT {fields} FROM maintenance_audit_log {'WHERE ' + where if where else ''}"
+                    " ORDER BY started_at DESC LIMIT :n"
+                ),
+                {"t": table, "a": action, "n": limit},
+            ).all()
+        return [AuditRecord(*row) for row in rows]
+
     # -- runner locks --------------------------------------------------------------------
 
     @contextmanager
-    def lock(self, table: str) -> Iterator[bool]:
-        """Try to take the table's runner lock; yields whether it was taken. Never waits."""
+    def lock(self, table: str, wait: float = 0.0) -> Iterator[bool]:
+        """Take the table's runner lock, waiting up to ``wait`` seconds; yields whether it was taken.
+
+        Offload runs never wait (the next cycle catches up); maintenance waits for the run
+        in flight to finish.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            with self._try_lock(table) as taken:
+                if taken or time.monotonic() >= deadline:
+                    yield taken
+                    return
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    @contextmanager
+    def _try_lock(self, table: str) -> Iterator[bool]:
         if self.config.is_sqlite:
             with self._file_lock(table) as taken:
                 yield taken

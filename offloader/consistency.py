@@ -1,0 +1,282 @@
+"""Warm/cold consistency: compare ClickHouse and Iceberg per time bucket, and repair.
+
+The compared range runs from the oldest time ClickHouse still fully holds (its TTL leaves
+the rows there for at least one more bucket; ``--since`` narrows it) up to the committed
+cursor. Each bucket (``maintenance.check_bucket``, an hour by default) is compared by row
+count and by an order-independent checksum: the wrapping sum of ``cityHash64`` over the key
+columns (``check_columns``, or the cursor). Both sides are computed by the ClickHouse
+engine with the same expressions: the source side by the source server, the Iceberg side by
+the embedded engine over the Arrow batches PyIceberg reads, so a checksum never depends on
+a Python re-implementation of a ClickHouse function.
+
+``repair`` rewrites each differing bucket behind the cursor in ONE commit that replaces
+Iceberg's rows of that bucket by ClickHouse's (rows ClickHouse deleted inside the range go
+too), carrying the offload marker forward; the cursor does not move. Running it again finds
+nothing to do.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import structlog
+
+from offloader.config import Config, TableConfig
+from offloader.errors import ConfigError, InternalError, OffloaderError, ShutdownRequested
+from offloader.maintenance import ActionResult, MaintenanceObserver, audit
+from offloader.offload import TableOffload, TableResult
+from offloader.sink import Sink, SinkTable
+from offloader.source import Engine, Source, from_micros, local_arrow_rows, micros, quote
+
+MASK = 2**64 - 1
+BATCH_ROWS = 1_000_000
+
+
+@dataclass
+class Bucket:
+    start: str
+    source_rows: int = 0
+    iceberg_rows: int = 0
+    source_sum: int = 0
+    iceberg_sum: int = 0
+
+    @property
+    def differs(self) -> bool:
+        return self.source_rows != self.iceberg_rows or self.source_sum != self.iceberg_sum
+
+
+@dataclass
+class CheckResult:
+    """The comparison of one table, and the repair when asked for."""
+
+    table: str
+    outcome: str = "ok"  # ok | differs | repaired | failed | skipped
+    lo: str | None = None
+    hi: str | None = None
+    buckets: int = 0
+    differing: list[Bucket] = field(default_factory=list)
+    repaired: int = 0
+    error: OffloaderError | None = None
+    detail: str = ""
+
+    @property
+    def missing_rows(self) -> int:
+        return sum(max(b.source_rows - b.iceberg_rows, 0) for b in self.differing)
+
+    @property
+    def extra_rows(self) -> int:
+        return sum(max(b.iceberg_rows - b.source_rows, 0) for b in self.differing)
+
+    @property
+    def ratio(self) -> float:
+        return len(self.differing) / self.buckets if self.buckets else 0.0
+
+
+def canonical(field_type: Any, column: str) -> str:
+    """The ClickHouse expression a key column is hashed as, the same on both sides."""
+    from pyiceberg import types as it
+
+    name = quote(column)
+    if isinstance(field_type, it.TimestampType | it.TimestamptzType | it.TimestampNanoType):
+        expr = f"toUnixTimestamp64Micro(toDateTime64({name}, 6, 'UTC'))"
+    elif isinstance(field_type, it.DateType):
+        expr = f"toInt32(toDate32({name}))"
+    elif isinstance(field_type, it.IntegerType | it.LongType):
+        expr = f"toInt64({name})"
+    elif isinstance(field_type, it.BooleanType):
+        expr = f"toUInt8({name})"
+    elif isinstance(field_type, it.FloatType | it.DoubleType | it.DecimalType | it.StringType):
+        expr = f"toString({name})"
+    else:
+        raise ConfigError(
+            f"check_columns: column {column!r} is {field_type} in Iceberg, which the checksum does not take; "
+            "use time, date, integer, boolean, float, decimal or string columns"
+        )
+    return f"ifNull(toString({expr}), ''), isNull({name})"
+
+
+class TableCheck:
+    """Compares one table's cold copy with ClickHouse; repairs the buckets that differ."""
+
+    def __init__(
+        self,
+        table: TableConfig,
+        config: Config,
+        engine: Engine,
+        sink: Sink,
+        state: Any,
+        *,
+        observer: MaintenanceObserver | None = None,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.table = table
+        self.config = config
+        self.engine = engine
+        self.sink = sink
+        self.state = state
+        self.observer = observer or MaintenanceObserver()
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.bucket_us = int(config.maintenance.check_bucket * 1_000_000)
+        self.log = structlog.get_logger("offloader").bind(table=table.name)
+
+    def run(self, since: str | None = None, repair: bool = False) -> CheckResult:
+        result = CheckResult(self.table.name)
+        started = self.clock()
+        with self.state.lock(self.table.name, wait=self.config.maintenance.lock_wait) as taken:
+            if not taken:
+                result.outcome, result.detail = "skipped", "another runner held the table's lock past maintenance.lock_wait"
+            else:
+                try:
+                    self._compare(result, since)
+                    if repair and result.differing:
+                        self._repair(result)
+                except ShutdownRequested as exc:
+                    result.outcome, result.detail = "skipped", str(exc)
+                except OffloaderError as exc:
+                    result.outcome, result.error, result.detail = "failed", exc, str(exc).splitlines()[0]
+                except Exception as exc:  # a bug must not stop the other tables
+                    result.outcome = "failed"
+                    result.error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
+                    result.detail = str(result.error).splitlines()[0]
+                    self.log.exception("check_crashed")
+        self._record(result, started, repair)
+        return result
+
+    # -- comparing -----------------------------------------------------------------------
+
+    def _compare(self, result: CheckResult, since: str | None) -> None:
+        loaded = self.sink.load(self.table.target)
+        marker = SinkTable(loaded, self.table, writable=False).marker() if loaded is not None else None
+        if loaded is None or marker is None:
+            result.detail = "nothing offloaded yet"
+            return
+        sink_table = SinkTable(loaded, self.table, writable=False)
+        source = Source(self.engine, self.table.source_database, self.table.source_table, self.table.cursor)
+        source.columns()
+        hi = str(marker.cursor[0])
+        lo = self._low(source, since)
+        if lo is None or micros(lo) > micros(hi):
+            result.detail = "ClickHouse holds no complete bucket behind the cursor"
+            return
+        result.lo, result.hi = lo, hi
+        schema = sink_table.schema
+        keys = list(self.table.key_columns)
+        missing = [k for k in keys if k not in {f.name for f in schema.fields}]
+        if missing:
+            raise ConfigError(f"tables.{self.table.name}.check_columns: {', '.join(missing)} not in {self.table.target}")
+        time_col = quote(self.table.cursor[0])
+        moment = f"toUnixTimestamp64Micro(toDateTime64({time_col}, 6, 'UTC'))"
+        bucket = f"intDiv({moment}, {self.bucket_us}) - ({moment} % {self.bucket_us} < 0)"
+        hashed = ", ".join(canonical(schema.find_field(k).field_type, k) for k in keys)
+        select = f"{bucket} AS bucket, count(), sum(cityHash64({hashed}))"
+        buckets: dict[int, Bucket] = {}
+        for index, rows, checksum in source.bucket_sums(select, lo, hi):
+            entry = buckets.setdefault(int(index), Bucket(from_micros(int(index) * self.bucket_us)))
+            entry.source_rows, entry.source_sum = int(rows), int(checksum) & MASK
+        columns = list(dict.fromkeys([self.table.cursor[0], *keys]))
+        pending: list[pa.RecordBatch] = []
+        size = 0
+        for batch in sink_table.scan_batches(columns, self.table.cursor[0], micros(lo), micros(hi)):
+            if self.stop.is_set():
+                raise ShutdownRequested("the service is stopping; the check was abandoned")
+            pending.append(batch)
+            size += batch.num_rows
+            if size >= BATCH_ROWS:
+                self._add_iceberg(buckets, select, pending)
+                pending, size = [], 0
+        if pending:
+            self._add_iceberg(buckets, select, pending)
+        result.buckets = len(buckets)
+        result.differing = [buckets[k] for k in sorted(buckets) if buckets[k].differs]
+        result.outcome = "differs" if result.differing else "ok"
+        result.detail = f"{len(result.differing)} of {len(buckets)} buckets differ between {lo} and {hi}"
+
+    def _add_iceberg(self, buckets: dict[int, Bucket], select: str, batches: list[pa.RecordBatch]) -> None:
+        table = pa.Table.from_batches(batches)
+        for index, rows, checksum in local_arrow_rows(f"SELECT {select} FROM Python(arrow_input) GROUP BY bucket", table):
+            entry = buckets.setdefault(int(index), Bucket(from_micros(int(index) * self.bucket_us)))
+            entry.iceberg_rows += int(rows)
+            entry.iceberg_sum = (entry.iceberg_sum + int(checksum)) & MASK
+
+    def _low(self, source: Source, since: str | None) -> str | None:
+        """The first bucket boundary from which ClickHouse holds every row (and ``since``)."""
+        grace = max(self.config.maintenance.check_bucket, 3600.0)
+        oldest = source.oldest_kept(grace)
+        if oldest is None:
+            return None
+        start = micros(oldest)
+        if source.ttl_expressions():  # the bucket of the oldest kept row may have lost rows already
+            start = -(-start // self.bucket_us) * self.bucket_us
+        else:
+            start = (start // self.bucket_us) * self.bucket_us
+        if since is not None:
+            start = max(start, (micros(since) // self.bucket_us) * self.bucket_us)
+        return from_micros(start)
+
+    # -- repairing -----------------------------------------------------------------------
+
+    def _repair(self, result: CheckResult) -> None:
+        offload = TableOffload(self.table, self.config, self.engine, self.sink, self.state, stop=self.stop)
+        prepared = offload.prepare()
+        sink_table = prepared[3]
+        run = TableResult(self.table.name, uuid.uuid4().hex, "committed")
+        hi = result.hi or ""
+        for bucket in result.differing:
+            if self.stop.is_set():
+                raise ShutdownRequested("the service is stopping; the repair was abandoned between buckets")
+            start = micros(bucket.start)
+            end = min(start + self.bucket_us - 1, micros(hi))
+            # the inclusive end: the last nanosecond before the next bucket, or the cursor itself
+            end_text = hi if end == micros(hi) else from_micros(end) + "999"
+            marker = sink_table.carried_marker("repair")
+            offload.replace_range(bucket.start, end_text, marker, run, self.log, prepared)
+            result.repaired += 1
+            self.log.info(
+                "bucket_repaired", bucket=bucket.start, source_rows=bucket.source_rows, iceberg_rows=bucket.iceberg_rows
+            )
+        result.outcome = "repaired"
+        result.detail += f"; repaired {result.repaired} buckets"
+
+    # -- records -------------------------------------------------------------------------
+
+    def _record(self, result: CheckResult, started: float, repair: bool) -> None:
+        failed = result.outcome == "failed"
+        check = ActionResult(
+            self.table.name, "check", outcome="failed" if failed else "skipped" if result.outcome == "skipped" else "ok",
+            detail=result.detail, duration=self.clock() - started, error=result.error,
+        )  # fmt: skip
+        healed = result.outcome == "repaired"  # what the cold tier looks like now
+        check.extra.update(
+            compared=result.outcome not in {"failed", "skipped"}, ratio=0.0 if healed else result.ratio,
+            missing_rows=0 if healed else result.missing_rows, extra_rows=0 if healed else result.extra_rows,
+        )  # fmt: skip
+        check.detail = json.dumps(
+            {
+                "summary": result.detail, "lo": result.lo, "hi": result.hi, "buckets": result.buckets,
+                "differing": [[b.start, b.source_rows, b.iceberg_rows] for b in result.differing[:100]],
+                "missing_rows": result.missing_rows, "extra_rows": result.extra_rows, "ratio": result.ratio,
+            }
+        )  # fmt: skip
+        audit(self.state, check, started, self.log)
+        self.observer.action_finished(self.table, check)
+        if repair and result.differing:
+            fixed = ActionResult(
+                self.table.name, "repair", outcome="failed" if failed else "ok", duration=self.clock() - started,
+                detail=f"repaired {result.repaired} of {len(result.differing)} differing buckets"
+                + (f": {result.detail}" if failed else ""),
+            )  # fmt: skip
+            audit(self.state, fixed, started, self.log)
+            self.observer.action_finished(self.table, fixed)
+        (self.log.error if failed else self.log.info)(
+            "check_finished", outcome=result.outcome, buckets=result.buckets, differing=len(result.differing),
+            missing_rows=result.missing_rows, extra_rows=result.extra_rows, repaired=result.repaired, detail=result.detail,
+        )  # fmt: skip
