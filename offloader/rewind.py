@@ -26,7 +26,7 @@ from offloader.offload import TableOffload, TableResult
 from offloader.sink import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, Sink
 from offloader.source import Engine, format_time, micros, parse_time
 
-FAR_FUTURE = "2299-12-31 23:59:59.999999999"
+FAR_FUTURE = "2261-12-31 23:59:59.999999999"
 
 
 @dataclass

@@ -433,6 +433,8 @@ class Source:
                 raise SchemaError(f"cursor column {name} of {self.database}.{self.table} is Nullable; cursor columns must not be")
 
     def _param_type(self, name: str) -> str:
+        if not self._types:
+            self.columns()
         return TS_PARAM if name == self.cursor[0] else strip_wrappers(self._types[name])
 
     # -- clock and bounds ----------------------------------------------------------------
@@ -526,7 +528,7 @@ class Source:
         ttls = self.ttl_expressions()
         if not ttls:
             return None
-        where, params = self._where(Window(lo, "2299-12-31 23:59:59.999999"))
+        where, params = self._where(Window(lo, "2261-12-31 23:59:59.999999"))
         expr = ttls[0] if len(ttls) == 1 else f"least({', '.join(ttls)})"
         ((count, seconds),) = self.engine.rows(
             f"SELECT count(), min(toUnixTimestamp(toDateTime({expr}))) - toUnixTimestamp(now()) FROM {self.relation}"

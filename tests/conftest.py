@@ -88,6 +88,7 @@ class Workspace:
     offload: dict[str, Any] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=lambda: {"retry_attempts": 1})
     server: dict[str, Any] = field(default_factory=dict)
+    maintenance: dict[str, Any] = field(default_factory=dict)
     source_dsn: str | None = None  # overrides the chDB source, e.g. an HTTP endpoint (tests/chhttp.py)
     _engine: ChdbEngine | None = None
 
@@ -133,6 +134,8 @@ class Workspace:
             *(f"{k} = {_toml(v)}" for k, v in self.schedule.items()),
             "[server]",
             *(f"{k} = {_toml(v)}" for k, v in self.server.items()),
+            "[maintenance]",
+            *(f"{k} = {_toml(v)}" for k, v in self.maintenance.items()),
             "[logging]",
             'format = "json"',
         ]
