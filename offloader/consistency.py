@@ -263,7 +263,10 @@ class TableCheck:
             {
                 "summary": result.detail, "lo": result.lo, "hi": result.hi, "buckets": result.buckets,
                 "differing": [[b.start, b.source_rows, b.iceberg_rows] for b in result.differing[:100]],
-                "missing_rows": result.missing_rows, "extra_rows": result.extra_rows, "ratio": result.ratio,
+                "found": {"missing_rows": result.missing_rows, "extra_rows": result.extra_rows, "ratio": result.ratio},
+                # the state of the cold tier after this run (after the repair, if any)
+                "missing_rows": check.extra["missing_rows"], "extra_rows": check.extra["extra_rows"],
+                "ratio": check.extra["ratio"], "repaired": result.repaired,
             }
         )  # fmt: skip
         audit(self.state, check, started, self.log)

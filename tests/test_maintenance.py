@@ -396,3 +396,32 @@ def test_check_rejects_bad_arguments_with_a_message(ws: Workspace, bad: str) -> 
     result = run_cli(ws, "check", bad)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert ("--since" in result.stderr) or ("unknown table" in result.stderr)
+
+
+def test_the_service_daily_slot_maintains_checks_and_exports_metrics(ws: Workspace) -> None:
+    """The maintenance job of the service compacts, checks (and repairs when configured) and sets the metrics."""
+    from offloader.metrics import Metrics
+    from offloader.schedule import Service
+
+    ws.tables = [daily_table()]
+    ws.maintenance = {"repair": True}
+    ws.create_trades()
+    app = ws.app()
+    small_cycles(ws, app, days=2, per_day=3)
+    _delete_one_row_by_hand(ws, 5)
+    metrics = Metrics()
+    service = Service(app, metrics)
+    service._maintenance()
+    sample = metrics.registry.get_sample_value
+    assert sample("offloader_maintenance_actions_total", {"table": "trades", "action": "compact", "outcome": "ok"}) == 1
+    assert sample("offloader_maintenance_files_removed_total", {"table": "trades", "action": "compact"}) == 3
+    assert sample("offloader_maintenance_files_added_total", {"table": "trades"}) == 1
+    assert sample("offloader_maintenance_actions_total", {"table": "trades", "action": "repair", "outcome": "ok"}) == 1
+    assert sample("offloader_consistency_missing_rows", {"table": "trades"}) == 0
+    assert sample("offloader_maintenance_last_success_timestamp_seconds", {"table": "trades"}) > 0
+    assert_exact(ws)
+
+    restarted = Metrics()
+    Service(app, restarted)  # the gauges come back from the audit log
+    assert restarted.registry.get_sample_value("offloader_consistency_mismatch_ratio", {"table": "trades"}) == 0.0
+    app.close()
