@@ -318,3 +318,22 @@ def test_clickhouse_not_there(ws: Workspace) -> None:
     line = failed_line(done.stderr)
     assert "ClickHouse" in line and f"127.0.0.1:{port}" in line, line
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_check_and_repair_over_http(ws: Workspace, endpoint: Endpoint) -> None:
+    """`check` over the HTTP source sums the Iceberg side on an in-memory embedded engine; a late row is found and repaired."""
+    seed(ws, 20_000)
+    endpoint.start()
+    done = ws.run_once()
+    assert done.returncode == 0, done.stderr
+    endpoint.client().command(
+        "INSERT INTO k2.trades SELECT toDateTime64('2026-01-01 00:00:05', 3, 'UTC'), toDateTime64('2026-01-01 00:00:05.0005', 6, 'UTC'), "
+        "999999, 'BTC-USDT', 'buy', toDecimal64(1, 8), toDecimal64(1, 8)"
+    )
+    found = subprocess.run(ws.command("check"), capture_output=True, text=True, env=clean_env(), cwd=ws.root)
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert "clickhouse=20,001  iceberg=20,000  (-1)" in found.stdout
+    fixed = subprocess.run(ws.command("check", "--repair"), capture_output=True, text=True, env=clean_env(), cwd=ws.root)
+    assert fixed.returncode == 0 and "trades: repaired" in fixed.stdout, fixed.stdout + fixed.stderr
+    assert_exact(ws, endpoint, 20_001)
+    assert endpoint.stop() == 0
