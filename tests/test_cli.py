@@ -92,7 +92,7 @@ def test_sigterm_during_once_abandons_the_window_in_flight_and_a_rerun_is_exact(
     ws.tables = [trades_table()]
     ws.source["max_window"] = "1m"
     ws.create_trades()
-    ws.insert_trades(60_000, start="2026-01-01 00:00:00", step_us=20_000)
+    ws.insert_trades(60_000, start="2026-01-01 00:00:00", step_us=100_000)  # 100 windows: never all done before the signal
     proc = subprocess.Popen(
         ws.command("once"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=ROOT
     )
