@@ -155,11 +155,11 @@ class TableCheck:
 
     def _compare(self, result: CheckResult, since: str | None) -> None:
         loaded = self.sink.load(self.table.target)
-        marker = SinkTable(loaded, self.table, writable=False).marker() if loaded is not None else None
-        if loaded is None or marker is None:
+        sink_table = SinkTable(loaded, self.table, writable=False) if loaded is not None else None
+        marker = sink_table.marker() if sink_table is not None else None
+        if sink_table is None or marker is None:
             result.detail = "nothing offloaded yet"
             return
-        sink_table = SinkTable(loaded, self.table, writable=False)
         source = Source(self.engine, self.table.source_database, self.table.source_table, self.table.cursor)
         source.columns()
         hi = str(marker.cursor[0])
@@ -210,11 +210,11 @@ class TableCheck:
     def _low(self, source: Source, since: str | None) -> str | None:
         """The first bucket boundary from which ClickHouse holds every row (and ``since``)."""
         grace = max(self.config.maintenance.check_bucket, 3600.0)
-        oldest = source.oldest_kept(grace)
+        oldest, has_ttl = source.oldest_kept(grace)
         if oldest is None:
             return None
         start = micros(oldest)
-        if source.ttl_expressions():  # the bucket of the oldest kept row may have lost rows already
+        if has_ttl:  # the bucket of the oldest kept row may have lost rows already
             start = -(-start // self.bucket_us) * self.bucket_us
         else:
             start = (start // self.bucket_us) * self.bucket_us

@@ -799,10 +799,7 @@ class WindowWrite:
         """Delete the files of a window that will not be committed (best effort)."""
         for files in (self._files, self._carried):
             for path in files.abandon():
-                try:
-                    self.io.delete(path)
-                except Exception:  # noqa: S110 - an orphan file is harmless; maintenance removes it
-                    pass
+                _delete_quietly(self.io, path)
         self.written = WrittenFiles(files=[])
 
 
@@ -824,14 +821,14 @@ def _delete_quietly(io: Any, path: str) -> None:
         pass
 
 
-def _walk_files(io: Any, folder: str) -> list[tuple[str, float, int]]:
-    """(location, mtime, size) of every file under ``folder``, recursively, through the FileIO."""
+def _walk_files(io: Any, folder: str, recursive: bool = True) -> list[tuple[str, float, int]]:
+    """(location, mtime, size) of every file under ``folder`` (or directly in it), through the FileIO."""
     from pyarrow.fs import FileSelector, FileType
 
     scheme, netloc, path = io.parse_location(folder)
     fs = io.fs_by_scheme(scheme, netloc)
     prefix = folder[: len(folder) - len(path)] if folder.endswith(path) else f"{scheme}://"
-    infos = fs.get_file_info(FileSelector(path, allow_not_found=True, recursive=True))
+    infos = fs.get_file_info(FileSelector(path, allow_not_found=True, recursive=recursive))
     return [
         (prefix + info.path, info.mtime.timestamp() if info.mtime else 0.0, int(info.size or 0))
         for info in infos
@@ -849,13 +846,7 @@ def _metadata_version(path: str) -> int | None:
 
 def _list_files(io: Any, folder: str) -> list[str]:
     """Full locations of the files directly in ``folder``, through the table's FileIO."""
-    from pyarrow.fs import FileSelector, FileType
-
-    scheme, netloc, path = io.parse_location(folder)
-    fs = io.fs_by_scheme(scheme, netloc)
-    prefix = folder[: len(folder) - len(path)] if folder.endswith(path) else f"{scheme}://"
-    infos = fs.get_file_info(FileSelector(path, allow_not_found=True))
-    return [prefix + info.path for info in infos if info.type == FileType.File]
+    return [path for path, _, _ in _walk_files(io, folder, recursive=False)]
 
 
 # ---------------------------------------------------------------------------------------

@@ -74,12 +74,7 @@ class ChdbEngine:
             raise SourceError(f"ClickHouse query failed: {first_line(exc)}") from exc
 
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        result = self._query(sql, "Arrow", params)
-        data = result.bytes()
-        if not data:
-            return []
-        table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
-        return list(zip(*(col.to_pylist() for col in table.columns), strict=True)) if table.num_columns else []
+        return _arrow_file_rows(self._query(sql, "Arrow", params).bytes())
 
     def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self._query(sql, "CSV", params)
@@ -140,9 +135,17 @@ def local_arrow_rows(sql: str, arrow_input: pa.Table) -> list[tuple[Any, ...]]:
             conn.close()
     except Exception as exc:
         raise SourceError(f"the embedded ClickHouse engine failed on Iceberg rows: {first_line(exc)}") from exc
+    return _arrow_file_rows(data)
+
+
+def _arrow_file_rows(data: bytes) -> list[tuple[Any, ...]]:
+    """The rows of a result in the Arrow file format, as tuples."""
     if not data:
         return []
-    table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
+    return _table_rows(pa.ipc.open_file(pa.py_buffer(data)).read_all())
+
+
+def _table_rows(table: pa.Table) -> list[tuple[Any, ...]]:
     return list(zip(*(col.to_pylist() for col in table.columns), strict=True)) if table.num_columns else []
 
 
@@ -179,7 +182,7 @@ class HttpEngine:
             table = self._client.query_arrow(sql, parameters=params or {})
         except Exception as exc:
             raise SourceError(f"ClickHouse query failed ({self.display}): {first_line(exc)}") from exc
-        return list(zip(*(col.to_pylist() for col in table.columns), strict=True)) if table.num_columns else []
+        return _table_rows(table)
 
     def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         try:
@@ -515,21 +518,24 @@ class Source:
 
     # -- TTL ---------------------------------------------------------------------------
 
-    def ttl_expressions(self) -> list[str]:
-        """The row-deleting TTL expressions of the table (``TTL x + INTERVAL …``), if any."""
+    def ttl_deadline(self) -> str | None:
+        """The expression of when a row's TTL deletes it (the earliest of the table's row-deleting
+        ``TTL`` rules), or None when the table has none."""
         rows = self.engine.rows(
             "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {tbl:String}",
             {"db": self.database, "tbl": self.table},
         )
-        return delete_ttls(str(rows[0][0])) if rows else []
+        ttls = delete_ttls(str(rows[0][0])) if rows else []
+        if not ttls:
+            return None
+        return ttls[0] if len(ttls) == 1 else f"least({', '.join(ttls)})"
 
     def ttl_headroom(self, lo: Cursor | None) -> float | None:
         """Seconds before the TTL deletes the oldest row after ``lo``; inf when none waits, None without a TTL."""
-        ttls = self.ttl_expressions()
-        if not ttls:
+        expr = self.ttl_deadline()
+        if expr is None:
             return None
         where, params = self._where(Window(lo, "2261-12-31 23:59:59.999999"))
-        expr = ttls[0] if len(ttls) == 1 else f"least({', '.join(ttls)})"
         ((count, seconds),) = self.engine.rows(
             f"SELECT count(), min(toUnixTimestamp(toDateTime({expr}))) - toUnixTimestamp(now()) FROM {self.relation}"
             f" WHERE {where}",
@@ -537,16 +543,14 @@ class Source:
         )
         return float("inf") if not count else float(seconds)
 
-    def oldest_kept(self, grace: float) -> str | None:
-        """The oldest time whose rows the TTL keeps for at least ``grace`` seconds more (all rows without a TTL)."""
-        ttls = self.ttl_expressions()
+    def oldest_kept(self, grace: float) -> tuple[str | None, bool]:
+        """The oldest time whose rows the TTL keeps for at least ``grace`` seconds more (all rows
+        without a TTL), and whether the table has a TTL."""
+        expr = self.ttl_deadline()
         time_col = quote(self.cursor[0])
-        where = ""
-        if ttls:
-            expr = ttls[0] if len(ttls) == 1 else f"least({', '.join(ttls)})"
-            where = f" WHERE toDateTime({expr}) > now() + toIntervalSecond({int(grace)})"
+        where = "" if expr is None else f" WHERE toDateTime({expr}) > now() + toIntervalSecond({int(grace)})"
         ((count, oldest),) = self.engine.rows(f"SELECT count(), toString(min({time_col}), 'UTC') FROM {self.relation}{where}")
-        return str(oldest) if count else None
+        return (str(oldest) if count else None), expr is not None
 
     def bucket_sums(self, select: str, lo: str, hi: str) -> list[tuple[Any, ...]]:
         """``select`` (bucket, count, checksum …) over the rows with ``lo <= time <= hi``, grouped by bucket."""
