@@ -16,6 +16,7 @@ Every adapter catches its library's errors once and re-raises one of these ``fro
     │   └── CommitUnknownError       the commit outcome is unknown: reconcile, never retry blindly
     ├── StateError                   offloader's own state store failed (retryable)
     │   └── MirrorAheadError         the state mirror is ahead of Iceberg: stop the table
+    ├── AuthenticationError          a server refused offloader's credentials (never retried)
     ├── LockBusyError                another runner holds this table
     ├── ShutdownRequested            the service is stopping; work abandoned before its commit
     └── InternalError                a bug: an unexpected exception, caught so one table cannot stop others
@@ -102,6 +103,14 @@ class MirrorAheadError(StateError):
     """The state mirror claims more than Iceberg holds; running on would lose rows."""
 
     retryable = False
+
+
+class AuthenticationError(OffloaderError):
+    """A server (ClickHouse, the catalog, object storage) refused the credentials offloader sent.
+
+    Trying again with the same credentials cannot help, so it is never retried; the message
+    starts with "authentication failed" and names the server.
+    """
 
 
 class LockBusyError(OffloaderError):
