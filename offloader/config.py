@@ -6,8 +6,11 @@ table), and the result is validated as a whole: every problem is reported at onc
 each, naming the key, the bad value and what would be accepted. With no file at all the
 embedded default applies: chDB, SQLite and a local warehouse under one data directory.
 
-Passwords never come from the file: only from ``OFFLOADER__<SECTION>__PASSWORD`` or a
-``password_file`` key. They are held in :class:`Secret`, whose ``repr`` hides the value.
+Passwords and the other secrets never come from the file: only from
+``OFFLOADER__<SECTION>__PASSWORD`` or a ``password_file`` key, and for the catalog's secret
+properties (``SECRET_PROPERTIES``: S3 secret key, REST credential or token, ...) from
+``OFFLOADER__CATALOG__<NAME>``, a ``<name>_file`` key or the standard AWS variables. They are
+held in :class:`Secret`, whose ``repr`` hides the value.
 """
 
 from __future__ import annotations
@@ -111,11 +114,28 @@ class SourceConfig:
         return _redact(self.dsn)
 
 
+# Catalog and FileIO properties that carry a secret. They never come from the config file:
+# each comes from OFFLOADER__CATALOG__<NAME> (the property upper-cased, "." and "-" as "_") or
+# from the file named by catalog.<name>_file; the S3 keys also from the standard AWS variables.
+SECRET_PROPERTIES = (
+    "s3.secret-access-key", "s3.session-token", "client.secret-access-key", "client.session-token",
+    "credential", "token", "adls.account-key", "adls.sas-token", "gcs.oauth2.token",
+)  # fmt: skip
+_AWS_VARIABLES = {"s3.secret-access-key": "AWS_SECRET_ACCESS_KEY", "s3.session-token": "AWS_SESSION_TOKEN"}
+DEFAULT_S3_REGION = "us-east-1"
+
+
+def secret_name(prop: str) -> str:
+    """``s3.secret-access-key`` -> ``s3_secret_access_key``: its name in the environment and its file key."""
+    return re.sub(r"[.-]", "_", prop)
+
+
 @dataclass(frozen=True)
 class CatalogConfig:
     name: str
     properties: Mapping[str, str]
     password: Secret | None = None
+    secrets: Mapping[str, Secret] = field(default_factory=dict)  # property -> value, e.g. s3.secret-access-key
 
     @property
     def warehouse(self) -> str:
@@ -535,9 +555,12 @@ class _Validator:
         name = s.get("name", "cold")
         if not isinstance(name, str) or not IDENTIFIER.match(name):
             self.problem("catalog.name", name, "expected an identifier (letters, digits, _)")
+        env_secrets = {secret_name(p) for p in SECRET_PROPERTIES}
         props: dict[str, str] = {}
         for key, value in s.items():
-            if key in {"name", "password", "password_file", "_from_env"}:
+            if key in {"name", "password", "password_file", "_from_env"} or key in env_secrets:
+                continue
+            if key.endswith("_file") and key[: -len("_file")] in env_secrets:
                 continue
             if isinstance(value, dict | list):
                 self.problem(f"catalog.{key}", value, "catalog properties are strings, numbers or booleans")
@@ -551,7 +574,57 @@ class _Validator:
             )
         if "uri" in props:
             self.dsn_without_password("catalog.uri", props["uri"])
-        return CatalogConfig(name=str(name), properties=props, password=self.password("catalog", s))
+        secrets = self.catalog_secrets(s, props)
+        self.object_storage(props, secrets)
+        if props.get("rest.sigv4-enabled") == "true" and not _importable("boto3"):
+            self.problem(
+                "catalog.rest.sigv4-enabled", "true", "SigV4 signing needs boto3, which is not installed: pip install 'offloader[aws]'"
+            )
+        return CatalogConfig(name=str(name), properties=props, password=self.password("catalog", s), secrets=secrets)
+
+    def catalog_secrets(self, s: dict[str, Any], props: dict[str, str]) -> dict[str, Secret]:
+        """Secret catalog properties, from the environment or a file; a secret in the config file is refused."""
+        secrets: dict[str, Secret] = {}
+        for prop in SECRET_PROPERTIES:
+            env_name, file_key = f"OFFLOADER__CATALOG__{secret_name(prop).upper()}", f"{secret_name(prop)}_file"
+            if prop in props:
+                del props[prop]
+                self.problems.append(
+                    f"catalog.{prop}: secrets are not accepted in the config file; set {env_name} or catalog.{file_key}"
+                    + (f" (or {_AWS_VARIABLES[prop]})" if prop in _AWS_VARIABLES else "")
+                )
+            if env_name in self.env:
+                secrets[prop] = Secret(self.env[env_name])
+            elif file_key in s:
+                try:
+                    secrets[prop] = Secret(Path(str(s[file_key])).read_text().strip())
+                except OSError as exc:
+                    self.problem(f"catalog.{file_key}", s[file_key], f"cannot be read ({exc.strerror})")
+        return secrets
+
+    def object_storage(self, props: dict[str, str], secrets: dict[str, Secret]) -> None:
+        """S3 credentials complete (the standard AWS variables fill in), and a region that needs no lookup."""
+        if "s3.access-key-id" in props:
+            for prop, variable in _AWS_VARIABLES.items():
+                if prop not in secrets and self.env.get(variable):
+                    secrets[prop] = Secret(self.env[variable])
+            if "s3.secret-access-key" not in secrets:
+                self.problems.append(
+                    "catalog.s3.access-key-id: is set but no secret key is; set OFFLOADER__CATALOG__S3_SECRET_ACCESS_KEY, "
+                    "AWS_SECRET_ACCESS_KEY or catalog.s3_secret_access_key_file"
+                )
+        elif "s3.secret-access-key" in secrets:
+            self.problems.append(
+                "catalog.s3.access-key-id: missing; the S3 secret key is set, so its key id is needed too "
+                '(e.g. s3.access-key-id = "offloader" in [catalog])'
+            )
+        on_s3 = urlsplit(props.get("warehouse", "")).scheme in {"s3", "s3a", "s3n"} or "s3.endpoint" in props
+        if on_s3 and "s3.region" not in props:
+            # Without a region PyArrow looks the bucket's region up on every start (seconds, or a
+            # timeout against an S3-compatible server); a custom endpoint does not care which.
+            region = self.env.get("AWS_REGION") or self.env.get("AWS_DEFAULT_REGION")
+            if region or "s3.endpoint" in props:
+                props["s3.region"] = region or DEFAULT_S3_REGION
 
     def state(self, s: dict[str, Any]) -> StateConfig | None:
         self.unknown_keys("state", s, {"dsn", "password", "password_file", "history_retention"})
@@ -757,6 +830,12 @@ class _Validator:
         if len(set(value)) != len(value):
             self.problem(key, value, "names must not repeat")
         return tuple(value)
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _is_dotted(value: Any, parts: int, max_parts: int | None = None) -> bool:

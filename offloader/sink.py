@@ -88,7 +88,9 @@ class WrittenFiles:
 
 
 def _catalog_properties(config: CatalogConfig) -> dict[str, str]:
+    """The properties PyIceberg gets: the configured ones with the secrets put in."""
     props = dict(config.properties)
+    props.update({key: secret.reveal() for key, secret in config.secrets.items()})
     if "uri" in props:
         props["uri"] = connection_url(props["uri"], config.password)
     props.setdefault("type", "sql")

@@ -4,6 +4,11 @@ Every test that needs PostgreSQL gets a fresh database on the server named by
 ``OFFLOADER_TEST_PG_DSN`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``), used
 for both the Iceberg SQL catalog and offloader's state. With ``OFFLOADER_REQUIRE_PG=1``
 (set by tests/run.sh, so in CI) an unreachable server fails the tests instead of skipping.
+
+A test marked ``@pytest.mark.storage`` runs on each storage set-up of tests/storage.py (local
+files, S3 with the SQL catalog, S3 with the REST catalog; ``fileio=True`` adds the fsspec
+FileIO variants); the others run on local files. The S3 set-ups share one SeaweedFS server
+per session, started on first use.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+
+from storage import FSSPEC_SETUPS, SETUPS, SeaweedFS, Storage
 
 from offloader.config import Config, load_config
 from offloader.source import ChdbEngine
@@ -46,6 +53,32 @@ def _pg_admin() -> Any:
     conn = psycopg2.connect(PG_DSN.replace("postgresql+psycopg2://", "postgresql://"), connect_timeout=5)
     conn.autocommit = True
     return conn
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Storage-marked tests run once per set-up."""
+    marker = metafunc.definition.get_closest_marker("storage")
+    if marker is not None and "storage" in metafunc.fixturenames:
+        setups = SETUPS + (FSSPEC_SETUPS if marker.kwargs.get("fileio") else ())
+        metafunc.parametrize("storage", setups, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def seaweed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real SeaweedFS (S3 + Iceberg REST catalog) for the session."""
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def storage(request: pytest.FixtureRequest, tmp_path: Path, pg_database: str) -> Storage:
+    """The test's warehouse and catalog: local files and the SQL catalog unless the test is storage-marked."""
+    setup = getattr(request, "param", "local")
+    seaweed = request.getfixturevalue("seaweed_server") if setup.startswith("s3") else None
+    return Storage(setup=setup, pg_dsn=pg_database, root=tmp_path, seaweed=seaweed)
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +116,7 @@ class Workspace:
 
     root: Path
     pg_dsn: str
+    storage: Storage
     tables: list[dict[str, Any]] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=lambda: {"safety_lag": "0s", "max_window": "1h"})
     offload: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +125,7 @@ class Workspace:
     maintenance: dict[str, Any] = field(default_factory=dict)
     source_dsn: str | None = None  # overrides the chDB source, e.g. an HTTP endpoint (tests/chhttp.py)
     _engine: ChdbEngine | None = None
+    _duckdb: Any = None
 
     @property
     def chdb_path(self) -> Path:
@@ -116,16 +151,18 @@ class Workspace:
             self._engine.close()
             self._engine = None
 
+    def target(self, target: str) -> str:
+        """A configured target as the catalog names it (each test has namespaces of its own on REST)."""
+        return self.storage.target(target)
+
     def write_config(self) -> Path:
         lines = [
             "[source]",
             f'dsn = "{self.source_dsn or f"chdb://{self.chdb_path}"}"',
             *(f"{k} = {_toml(v)}" for k, v in self.source.items()),
             "[catalog]",
-            'name = "cold"',
-            'type = "sql"',
-            f'uri = "{self.pg_dsn}"',
-            f'warehouse = "file://{self.warehouse}"',
+            *(f"{_toml_key(k)} = {_toml(v)}" for k, v in self.storage.catalog_properties().items()),
+            *(f"{k} = {_toml(str(v))}" for k, v in self._secret_files().items()),
             "[state]",
             f'dsn = "{self.pg_dsn}"',
             "[offload]",
@@ -141,9 +178,20 @@ class Workspace:
         ]
         for table in self.tables:
             lines.append("[[tables]]")
-            lines += [f"{k} = {_toml(v)}" for k, v in table.items()]
+            lines += [f"{k} = {_toml(self.target(v) if k == 'target' else v)}" for k, v in table.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
         return self.config_path
+
+    def _secret_files(self) -> dict[str, Path]:
+        """The storage's secrets as files (catalog.<name>_file), so every subprocess finds them."""
+        out = {}
+        for variable, value in self.storage.env().items():
+            name = variable.removeprefix("OFFLOADER__CATALOG__").lower()
+            path = self.root / "secrets" / name
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(value)
+            out[f"{name}_file"] = path
+        return out
 
     def config(self) -> Config:
         return load_config(self.write_config(), env={})
@@ -196,31 +244,36 @@ class Workspace:
     # -- reading the cold tier back --------------------------------------------------------
 
     def iceberg_table(self, target: str) -> Any:
-        from pyiceberg.catalog.sql import SqlCatalog
-
-        catalog = SqlCatalog(
-            "cold", uri=self.pg_dsn.replace("postgresql://", "postgresql+psycopg2://"), warehouse=f"file://{self.warehouse}"
-        )
+        """The table as PyIceberg loads it from the catalog, reaching the servers directly."""
+        catalog = self.storage.catalog()
         try:
-            return catalog.load_table(target)
+            return catalog.load_table(self.target(target))
         finally:
-            catalog.engine.dispose()
+            if hasattr(catalog, "engine"):
+                catalog.engine.dispose()
 
     def iceberg_arrow(self, target: str) -> pa.Table:
         return self.iceberg_table(target).scan().to_arrow()
 
     def iceberg_local(self, target: str, columns: str = "*", order: str = "") -> list[tuple[Any, ...]]:
-        """Read the table with ClickHouse's own Iceberg reader (icebergLocal)."""
-        location = self.iceberg_table(target).metadata.location.removeprefix("file://")
+        """Read the table with ClickHouse's own Iceberg reader (icebergLocal, or icebergS3 on S3)."""
+        function = self.storage.clickhouse_source(self.iceberg_table(target).metadata_location)
         order_by = f" ORDER BY {order}" if order else ""
         # chDB only lets file table functions read under its user_files_path, which is the
         # current directory: read from inside the workspace.
         here = os.getcwd()
         os.chdir(self.root)
         try:
-            return self.engine.rows(f"SELECT {columns} FROM icebergLocal('{location}'){order_by}")
+            return self.engine.rows(f"SELECT {columns} FROM {function}{order_by}")
         finally:
             os.chdir(here)
+
+    def duckdb_rows(self, target: str, columns: str = "*") -> list[tuple[Any, ...]]:
+        """Read the table with DuckDB's Iceberg reader (iceberg_scan of the current metadata file)."""
+        if self._duckdb is None:
+            self._duckdb = self.storage.duckdb()
+        location = self.iceberg_table(target).metadata_location.removeprefix("file://")
+        return [tuple(r) for r in self._duckdb.execute(f"SELECT {columns} FROM iceberg_scan('{location}')").fetchall()]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -228,6 +281,10 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOADER")}
     env.update(extra)
     return env
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").isalnum() else _toml(key)
 
 
 def _toml(value: Any) -> str:
@@ -254,8 +311,8 @@ def trades_table(name: str = "trades", **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def ws(tmp_path: Path, pg_database: str) -> Iterator[Workspace]:
-    workspace = Workspace(root=tmp_path, pg_dsn=pg_database)
+def ws(tmp_path: Path, pg_database: str, storage: Storage) -> Iterator[Workspace]:
+    workspace = Workspace(root=tmp_path, pg_dsn=pg_database, storage=storage)
     try:
         yield workspace
     finally:
