@@ -2,7 +2,9 @@
 
 A reset to time T is ONE Iceberg commit that deletes the rows after T (rewriting the files
 that straddle it) and records the new cursor in its snapshot summary: the greatest source
-cursor tuple at or before T, or T alone when ClickHouse holds nothing that old. Iceberg keeps
+cursor tuple at or before T, or T alone when ClickHouse holds nothing that old. A
+replace-mode table's cursor becomes T itself: its next window starts at T and rewrites the
+rows from T on, so the rows at T are read again, never deleted unread. Iceberg keeps
 every row up to T, so the next cycle takes the rows after T exactly once. T is widened to
 the end of its microsecond, the precision Iceberg stores, so a nanosecond source never
 leaves a row on both sides of the cut.
@@ -92,8 +94,14 @@ class TableReset:
             raise ConfigError(
                 f"reset {self.table.name} --to {to}: the committed cursor is {marker.cursor}; --to must be before it"
             )
-        last = source.last_at_or_before(cut) if self.table.mode == "append" else None
-        new_cursor = last.to_json() if last is not None else [cut]
+        if self.table.mode == "replace":
+            # A replace window starts AT the cursor and rewrites what Iceberg holds from there:
+            # the cursor is T itself, so the next window reads the rows at T again before it
+            # replaces them (a cursor past T would delete them unread).
+            new_cursor = [format_time(parse_time(to))]
+        else:
+            last = source.last_at_or_before(cut)
+            new_cursor = last.to_json() if last is not None else [cut]
         before = sink_table.row_count()
         run = TableResult(self.table.name, uuid.uuid4().hex, "committed")
         props = {

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import Workspace, clean_env, trades_table
-from test_offload import assert_exact, full_rows
+from test_offload import assert_bars_exact, assert_exact, full_rows
 
 DAY_US = 86_400_000_000
 
@@ -291,6 +291,37 @@ def test_reset_then_once_gives_back_the_same_table(ws: Workspace) -> None:
 
     too_late = run_cli(ws, "reset", "trades", "--to", "2027-01-01 00:00:00", "--yes")
     assert too_late.returncode == 2 and "must be before" in too_late.stderr
+
+
+@pytest.mark.storage
+def test_reset_of_a_replace_mode_table_keeps_the_bars_at_the_reset_time(ws: Workspace) -> None:
+    """`reset --to T` on a replace-mode table, where bars sit at T, then `once`: every bar is back, none twice."""
+    ws.tables = [
+        {
+            "name": "bars", "source": "k2.bars", "target": "cold.bars", "layer": "gold", "cursor": ["window_start"],
+            "partition_by": ["day(window_start)"], "mode": "replace", "replace_lookback": "10m",
+        }
+    ]  # fmt: skip
+    ws.create_trades()
+    ws.engine.command(
+        "CREATE VIEW k2.bars AS SELECT toStartOfMinute(exchange_timestamp) AS window_start, symbol, "
+        "count() AS trades, sum(quantity) AS volume FROM k2.trades GROUP BY window_start, symbol"
+    )
+    ws.insert_trades(3000, start="2026-01-01 00:00:00", step_us=3_000_000)  # 2.5 hours of one-minute bars
+    assert run_cli(ws, "once").returncode == 0
+    assert_bars_exact(ws)
+    at_cut = ws.engine.rows("SELECT count() FROM k2.bars WHERE window_start = '2026-01-01 01:00:00'")[0][0]
+    assert at_cut == 3, "bars sit at the reset time"
+
+    done = run_cli(ws, "reset", "bars", "--to", "2026-01-01 01:00:00", "--yes")
+    assert done.returncode == 0, done.stderr
+    kept = ws.iceberg_local("cold.bars", "toString(max(window_start)), countIf(window_start = '2026-01-01 01:00:00')")
+    assert kept == [("2026-01-01 01:00:00.000000", 3)], "the bars at T stay"
+    again = run_cli(ws, "once")
+    assert again.returncode == 0, again.stderr
+    assert_bars_exact(ws)
+    check = run_cli(ws, "check")
+    assert check.returncode == 0 and "bars: consistent" in check.stdout, check.stdout + check.stderr
 
 
 def test_reset_in_the_middle_of_rows_sharing_a_timestamp(ws: Workspace) -> None:

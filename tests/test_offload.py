@@ -44,6 +44,18 @@ def assert_exact(ws: Workspace, table: str = "k2.trades", target: str = "cold.tr
     assert duckdb_keys(ws, target) == micros, "DuckDB reads the same rows as the source"
 
 
+BARS_KEY = "toString(toDateTime64(window_start, 6, 'UTC')), symbol, trades, toString(volume)"
+
+
+def assert_bars_exact(ws: Workspace, source: str = "k2.bars", target: str = "cold.bars") -> None:
+    """Every bar of the source is in Iceberg once, unchanged, read by ClickHouse and by DuckDB."""
+    expected = sorted(ws.engine.rows(f"SELECT {BARS_KEY} FROM {source}"))
+    assert sorted(ws.iceberg_local(target, BARS_KEY)) == expected
+    typed = "toUnixTimestamp64Micro(toDateTime64(window_start, 6, 'UTC')), symbol, trades, volume"
+    expected_typed = sorted(ws.engine.rows(f"SELECT {typed} FROM {source}"))
+    assert sorted(ws.duckdb_rows(target, "epoch_us(window_start), symbol, trades, volume")) == expected_typed
+
+
 def full_rows(ws: Workspace, target: str = "cold.trades") -> list[tuple[Any, ...]]:
     cols = "toString(exchange_timestamp), toString(ingestion_timestamp), sequence_number, symbol, toString(side), toString(price), toString(quantity)"
     return sorted(ws.iceberg_local(target, cols))
@@ -338,6 +350,7 @@ def test_column_added_in_source_evolves_schema_in_the_same_commit(ws: Workspace)
     app.close()
 
 
+@pytest.mark.storage
 def test_replace_mode_rewrites_open_rows_exactly(ws: Workspace) -> None:
     """mode = "replace" rewrites exactly the trailing rows that still change, and a re-run changes nothing."""
     ws.tables = [
@@ -376,6 +389,7 @@ def test_replace_mode_rewrites_open_rows_exactly(ws: Workspace) -> None:
     before = bars_cold()
     app.run_cycle()
     assert bars_cold() == before == bars_source()
+    assert_bars_exact(ws)
     app.close()
 
 
@@ -549,6 +563,7 @@ def test_unknown_commit_outcome_is_settled_from_the_snapshot_history(ws: Workspa
     assert_exact(ws)
 
 
+@pytest.mark.storage
 @pytest.mark.parametrize("point", ["after_write", "after_commit"])
 def test_replace_mode_sigkill_then_rerun_equals_the_source(ws: Workspace, point: str) -> None:
     """A replace-mode table SIGKILLed mid-cycle and re-run holds exactly the source's bars: none lost, none twice."""
@@ -579,6 +594,7 @@ def test_replace_mode_sigkill_then_rerun_equals_the_source(ws: Workspace, point:
     cold = sorted(ws.iceberg_local("cold.bars", key))
     assert [k for k, n in Counter((r[0], r[1]) for r in cold).items() if n > 1] == [], "a bar twice"
     assert cold == source
+    assert_bars_exact(ws)
 
 
 def test_every_type_round_trips_through_the_offload_pipeline(ws: Workspace) -> None:
