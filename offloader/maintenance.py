@@ -237,7 +237,7 @@ class TableMaintenance:
             result.bytes_after = result.bytes_before - old_bytes + sum(f.file_size_in_bytes for f in added)
             result.data_files = result.files_after
             result.detail = f"compacted {len(old)} files into {len(added)} in {len(groups)} partitions"
-            sink_table.prune_uncommitted_metadata()
+            sink_table.prune_metadata(self.log)
             return
 
     def _rows(self, sink_table: SinkTable, files: list[DataFileEntry]) -> Iterator[pa.Table]:

@@ -269,8 +269,7 @@ class TableOffload:
         result: TableResult, record: RunRecord, log: Any,
     ) -> None:  # fmt: skip
         cursor = self._reconcile(sink_table.marker(), log)
-        if sink_table.prune_uncommitted_metadata():
-            log.info("uncommitted_metadata_pruned")
+        sink_table.prune_metadata(log)
         now = source.server_now()
         hi = format_time(now - timedelta(seconds=self.safety_lag))
         record.window_lo, record.window_hi = (cursor.time if cursor else None), hi
@@ -399,9 +398,7 @@ class TableOffload:
         self, tx: WindowWrite, snapshot_id: int, cursor: list[Any], window: Window, result: TableResult, log: Any
     ) -> WindowResult:
         checkpoint("after_commit")
-        pruned = tx.owner.prune_uncommitted_metadata()
-        if pruned:
-            log.info("uncommitted_metadata_pruned", files=pruned)
+        tx.owner.prune_metadata(log)
         self.state.set_mirror(self.table.name, self.table.target, cursor, snapshot_id, result.run_id)
         checkpoint("after_state")
         done = WindowResult(tx.written.rows, tx.written.bytes, len(tx.written.files), snapshot_id, cursor)

@@ -280,8 +280,8 @@ class SinkTable:
         folder = current.rsplit("/", 1)[0]
         try:
             listed = _list_files(self.table.io, folder)
-        except Exception:  # a FileIO that cannot list: nothing to prune, nothing lost
-            return 0
+        except Exception as exc:
+            raise CatalogError(f"cannot list the metadata files of {self.config.target}: {first_line(exc)}") from exc
         removed = 0
         for path in listed:
             if not path.endswith(".metadata.json") or path in keep:
@@ -294,6 +294,16 @@ class SinkTable:
                 except Exception:  # noqa: S110 - best effort; the catalog stays the truth
                     pass
         return removed
+
+    def prune_metadata(self, log: Any) -> None:
+        """:meth:`prune_uncommitted_metadata`, after a commit: a failure is logged, never fatal."""
+        try:
+            pruned = self.prune_uncommitted_metadata()
+        except CatalogError as exc:
+            log.warning("metadata_prune_failed", error=str(exc))
+            return
+        if pruned:
+            log.info("uncommitted_metadata_pruned", files=pruned)
 
     def carried_marker(self, operation: str) -> dict[str, str]:
         """Snapshot properties for a maintenance commit: the current marker, carried forward.
@@ -527,6 +537,7 @@ class _RollingFiles:
     def __init__(self, metadata: Any, io: Any, write_uuid: uuid.UUID, target_size: int, lanes: int = 2) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
+        import pyiceberg.io.pyarrow  # noqa: F401 - registers the Parquet writer, whatever the table's FileIO
         from pyiceberg.io.fileformat import FileFormatFactory
         from pyiceberg.manifest import FileFormat
         from pyiceberg.table.locations import load_location_provider
@@ -824,7 +835,19 @@ def _delete_quietly(io: Any, path: str) -> None:
 
 
 def _walk_files(io: Any, folder: str, recursive: bool = True) -> list[tuple[str, float, int]]:
-    """(location, mtime, size) of every file under ``folder`` (or directly in it), through the FileIO."""
+    """(location, mtime, size) of every file under ``folder`` (or directly in it), through the FileIO.
+
+    Both of PyIceberg's FileIOs are served: PyArrowFileIO through its PyArrow file system,
+    FsspecFileIO through its fsspec one. Any other FileIO cannot list, which is an error.
+    """
+    if hasattr(io, "parse_location") and hasattr(io, "fs_by_scheme"):
+        return _walk_pyarrow(io, folder, recursive)
+    if hasattr(io, "get_fs"):
+        return _walk_fsspec(io, folder, recursive)
+    raise CatalogError(f"cannot list {folder}: the FileIO {type(io).__name__} cannot list files")
+
+
+def _walk_pyarrow(io: Any, folder: str, recursive: bool) -> list[tuple[str, float, int]]:
     from pyarrow.fs import FileSelector, FileType
 
     scheme, netloc, path = io.parse_location(folder)
@@ -836,6 +859,33 @@ def _walk_files(io: Any, folder: str, recursive: bool = True) -> list[tuple[str,
         for info in infos
         if info.type == FileType.File
     ]
+
+
+def _walk_fsspec(io: Any, folder: str, recursive: bool) -> list[tuple[str, float, int]]:
+    from datetime import datetime
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(folder).scheme or "file"
+    fs = io.get_fs(scheme, urlsplit(folder).hostname) if scheme.startswith("abfs") else io.get_fs(scheme)
+    # s3fs keeps listings in a cache that it also consults to open a file: a stale listing would
+    # miss files written since, and a cached one would hide files another process writes later
+    # (a metadata file would then "not exist"). List fresh, and keep nothing cached.
+    fs.invalidate_cache()
+    try:
+        found = fs.find(folder, detail=True) if recursive else {e["name"]: e for e in fs.ls(folder, detail=True)}
+    except FileNotFoundError:
+        return []
+    finally:
+        fs.invalidate_cache()
+    out = []
+    for name, info in found.items():
+        if info.get("type") != "file":
+            continue
+        stamp = info.get("LastModified") or info.get("mtime") or info.get("last_modified") or 0.0
+        mtime = stamp.timestamp() if isinstance(stamp, datetime) else float(stamp)
+        location = name if "://" in name else f"{scheme}://{name}"
+        out.append((location, mtime, int(info.get("size") or 0)))
+    return out
 
 
 def _metadata_version(path: str) -> int | None:

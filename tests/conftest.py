@@ -25,7 +25,6 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-
 from storage import FSSPEC_SETUPS, SETUPS, SeaweedFS, Storage
 
 from offloader.config import Config, load_config

@@ -109,7 +109,9 @@ class SeaweedFS:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {self.proc.returncode}: {(self.root / 'weed.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"weed mini exited with {self.proc.returncode}: {(self.root / 'weed.log').read_text()[-2000:]}"
+                )
             try:
                 self._ready()
                 return self
@@ -208,7 +210,10 @@ class Storage:
         if self.on_s3:
             assert self.seaweed is not None
             props.update(
-                {"s3.endpoint": (self.endpoint if for_offloader else None) or self.seaweed.endpoint, "s3.access-key-id": ACCESS_KEY}
+                {
+                    "s3.endpoint": (self.endpoint if for_offloader else None) or self.seaweed.endpoint,
+                    "s3.access-key-id": ACCESS_KEY,
+                }
             )
             if self.fileio == "fsspec":
                 props["py-io-impl"] = FSSPEC_IO
@@ -263,6 +268,34 @@ class Storage:
                 f"REGION 'us-east-1', ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false)"
             )
         return con
+
+    # -- files, as a crashed writer or a hand would leave them ----------------------------
+
+    def _fs(self, location: str) -> tuple[Any, str]:
+        from pyarrow.fs import LocalFileSystem
+
+        if location.startswith("s3://"):
+            assert self.seaweed is not None
+            return self.seaweed.filesystem(), location.removeprefix("s3://")
+        return LocalFileSystem(), location.removeprefix("file://")
+
+    def put_file(self, location: str, data: bytes) -> None:
+        fs, path = self._fs(location)
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+
+    def read_file(self, location: str) -> bytes:
+        fs, path = self._fs(location)
+        with fs.open_input_stream(path) as stream:
+            return bytes(stream.read())
+
+    def file_mtime(self, location: str) -> float | None:
+        """The file's modification time (epoch seconds), None when it is not there."""
+        from pyarrow.fs import FileType
+
+        fs, path = self._fs(location)
+        info = fs.get_file_info(path)
+        return info.mtime.timestamp() if info.type == FileType.File and info.mtime else None
 
     def clickhouse_source(self, metadata_location: str) -> str:
         """The table function with which ClickHouse reads the table: icebergLocal or icebergS3."""

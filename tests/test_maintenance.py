@@ -5,7 +5,6 @@ read back with PyIceberg and with ClickHouse's own icebergLocal reader."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -42,6 +41,7 @@ def run_cli(ws: Workspace, *args: str, timeout: float = 300) -> subprocess.Compl
     return subprocess.run(ws.command(*args), capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=ws.root)
 
 
+@pytest.mark.storage(fileio=True)
 def test_maintain_compacts_closed_partitions_keeping_rows_and_cursor(ws: Workspace) -> None:
     """After many small cycles, `maintain` leaves fewer files, identical rows, and a next cycle that adds nothing."""
     ws.tables = [daily_table()]
@@ -105,6 +105,7 @@ def test_compaction_without_a_time_partition_waits_for_rows_to_settle(ws: Worksp
     app.close()
 
 
+@pytest.mark.storage(fileio=True)
 def test_expiry_keeps_what_the_offload_needs(ws: Workspace) -> None:
     """Expiring every old snapshot keeps the marker: the next cycle resumes exactly at the cursor."""
     from offloader.maintenance import TableMaintenance
@@ -159,33 +160,37 @@ def test_protected_snapshots_reach_back_to_the_marker(ws: Workspace) -> None:
     app.close()
 
 
+@pytest.mark.storage(fileio=True)
 def test_orphans_older_than_the_safety_age_are_removed_younger_kept(ws: Workspace) -> None:
     """An unreferenced file older than orphan_age is deleted; a younger one (a write in flight) stays."""
+    from offloader.maintenance import TableMaintenance
+
     ws.tables = [daily_table()]
     ws.create_trades()
     ws.insert_trades(1000, start="2026-01-01 00:00:00")
     app = ws.app()
     app.run_cycle()
-    location = ws.iceberg_table("cold.trades").metadata.location.removeprefix("file://")
-    old = os.path.join(location, "data", "00000-crashed-window.parquet")
-    young = os.path.join(location, "data", "00001-window-in-flight.parquet")
-    for path in (old, young):
-        with open(path, "wb") as handle:
-            handle.write(b"PAR1 not referenced by any snapshot")
-    two_days_ago = time.time() - 2 * 86400
-    os.utime(old, (two_days_ago, two_days_ago))
-    app.close()
+    location = ws.iceberg_table("cold.trades").metadata.location
+    old = f"{location}/data/00000-crashed-window.parquet"
+    young = f"{location}/data/00001-window-in-flight.parquet"
+    ws.storage.put_file(old, b"PAR1 not referenced by any snapshot")
+    time.sleep(1.5)  # object stores keep whole seconds
+    ws.storage.put_file(young, b"PAR1 a window still being written")
+    old_mtime, young_mtime = ws.storage.file_mtime(old), ws.storage.file_mtime(young)
+    assert old_mtime is not None and young_mtime is not None and young_mtime > old_mtime
+    # seen from the moment the old file is just past orphan_age (1 d) and the young one is not
+    clock = lambda: (old_mtime + young_mtime) / 2 + 86400  # noqa: E731
+    table = app.config.table("trades")
 
-    dry = run_cli(ws, "maintain", "--dry-run")
-    assert dry.returncode == 0 and os.path.exists(old), dry.stderr
-    assert "1 unreferenced files older than 86400s" in dry.stdout and "00000-crashed-window.parquet" in dry.stdout
+    (dry,) = TableMaintenance(table, app.config, app.sink, app.state, clock=clock).run(("remove_orphans",), dry_run=True)
+    assert dry.outcome == "ok" and ws.storage.file_mtime(old) is not None, dry.detail
+    assert "1 unreferenced files older than 86400s" in dry.detail and "00000-crashed-window.parquet" in dry.detail
 
-    done = run_cli(ws, "maintain")
-    assert done.returncode == 0, done.stderr
-    assert not os.path.exists(old), "the old orphan is removed"
-    assert os.path.exists(young), "a file younger than orphan_age is never removed"
+    (done,) = TableMaintenance(table, app.config, app.sink, app.state, clock=clock).run(("remove_orphans",))
+    assert done.outcome == "ok", done.detail
+    assert ws.storage.file_mtime(old) is None, "the old orphan is removed"
+    assert ws.storage.file_mtime(young) is not None, "a file younger than orphan_age is never removed"
     assert_exact(ws)
-    app = ws.app()
     (record,) = app.state.audits("trades", "remove_orphans", limit=1)
     assert record.outcome == "ok" and record.files_before - record.files_after == 1
     app.close()
@@ -198,6 +203,7 @@ def _delete_one_row_by_hand(ws: Workspace, sequence_number: int) -> None:
     table.delete(EqualTo("sequence_number", sequence_number))
 
 
+@pytest.mark.storage
 def test_check_finds_and_repair_fixes_a_deleted_row_and_a_late_row(ws: Workspace) -> None:
     """A row deleted from Iceberg by hand and a late row behind the cursor are reported by check, fixed by repair."""
     ws.tables = [daily_table()]
@@ -258,6 +264,7 @@ def test_check_gauges_and_a_checksum_difference_with_equal_counts(ws: Workspace)
     app.close()
 
 
+@pytest.mark.storage
 def test_reset_then_once_gives_back_the_same_table(ws: Workspace) -> None:
     """`reset --to T` deletes the rows after T in one commit; the next cycle brings them back exactly once."""
     ws.tables = [daily_table()]

@@ -414,30 +414,29 @@ def test_hostile_column_names_in_the_source_are_quoted_safely(ws: Workspace) -> 
     app.close()
 
 
+@pytest.mark.storage(fileio=True)
 def test_metadata_left_by_a_lost_commit_is_pruned_for_path_based_readers(ws: Workspace) -> None:
-    """A staged metadata file of a commit that lost its race is removed, so icebergLocal reads the committed table."""
+    """A staged metadata file of a commit that lost its race is removed, so path-based readers read the committed table."""
     import json
     import uuid
-    from pathlib import Path
 
     ws.tables = [trades_table()]
     ws.create_trades()
     ws.insert_trades(100, start="2026-01-01 00:00:00")
     app = ws.app()
     app.run_cycle()
-    current = Path(ws.iceberg_table("cold.trades").metadata_location.removeprefix("file://"))
-    version = int(current.name.split("-", 1)[0])
-    loser = current.parent / f"{version + 1:05d}-{uuid.uuid4()}.metadata.json"
-    body = json.loads(current.read_text())
+    current = ws.iceberg_table("cold.trades").metadata_location
+    folder, name = current.rsplit("/", 1)
+    version = int(name.split("-", 1)[0].split(".", 1)[0].removeprefix("v"))
+    loser = f"{folder}/{version + 1:05d}-{uuid.uuid4()}.metadata.json"
+    body = json.loads(ws.storage.read_file(current))
     body["current-snapshot-id"] = 1
-    body["snapshots"].append(
-        dict(body["snapshots"][-1], **{"snapshot-id": 1, "manifest-list": str(current.parent / "gone.avro")})
-    )
-    loser.write_text(json.dumps(body))
+    body["snapshots"].append(dict(body["snapshots"][-1], **{"snapshot-id": 1, "manifest-list": f"{folder}/gone.avro"}))
+    ws.storage.put_file(loser, json.dumps(body).encode())
     ws.insert_trades(50, start="2026-01-01 01:00:00", first_seq=100)
     (result,) = app.run_cycle()
     assert result.outcome == "committed"
-    assert not loser.exists(), "the lost commit's metadata file was pruned"
+    assert ws.storage.file_mtime(loser) is None, "the lost commit's metadata file was pruned"
     assert_exact(ws)
     app.close()
 
