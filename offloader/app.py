@@ -9,8 +9,10 @@ operator asks first: cursor, lag, rows in Iceberg, last run.
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,12 +21,12 @@ import structlog
 from offloader import consistency, maintenance, rewind
 from offloader import source as source_mod
 from offloader.config import Config, TableConfig
-from offloader.errors import OffloaderError
+from offloader.errors import InternalError, OffloaderError
 from offloader.maintenance import MaintenanceObserver
 from offloader.offload import Observer, TableOffload, TableResult
 from offloader.sink import Sink, SinkTable
 from offloader.source import Cursor, Source, parse_time
-from offloader.state import StateStore
+from offloader.state import RunRecord, StateStore
 
 
 @dataclass
@@ -41,6 +43,7 @@ class TableStatus:
     problem: str | None = None
     ttl_headroom_seconds: float | None = None
     ttl_risk: bool = False
+    unreadable: list[str] = field(default_factory=list)  # the parts that could not be read: catalog, source
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -85,11 +88,7 @@ class App:
         stop = stop or threading.Event()
         attempt = 1
         while True:
-            try:
-                result = TableOffload(table, self.config, self.engine, self.sink, self.state, observer=observer, stop=stop).run()
-            except OffloaderError as exc:  # the state store failing before the run could be recorded
-                result = TableResult(table.name, "", "failed", error=exc, reason=str(exc).splitlines()[0])
-                self.log.error("table_failed", table=table.name, error_type=exc.kind, error=result.reason)
+            result = self._attempt(table, observer, stop)
             error = result.error
             if result.outcome != "failed" or error is None or not error.retryable or attempt >= policy.retry_attempts:
                 result.attempts = attempt
@@ -103,6 +102,39 @@ class App:
             if stop.wait(delay):
                 result.attempts = attempt - 1
                 return result
+
+    def _attempt(self, table: TableConfig, observer: Observer | None, stop: threading.Event) -> TableResult:
+        """One run of one table. A run that fails before it starts (the source down or refusing the
+        credentials, the state store failing, a bug) is recorded as a failed run all the same."""
+        started = time.time()
+        try:
+            return TableOffload(table, self.config, self.engine, self.sink, self.state, observer=observer, stop=stop).run()
+        except OffloaderError as exc:
+            error: OffloaderError = exc
+            failed = TableResult(table.name, uuid.uuid4().hex, "failed", error=error, reason=str(error).splitlines()[0])
+            self.log.error(
+                "table_failed", table=table.name, run_id=failed.run_id, error_type=error.kind, error=failed.reason,
+                retryable=error.retryable,
+            )  # fmt: skip
+        except Exception as exc:  # a bug must not take the other tables down with it
+            error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
+            failed = TableResult(table.name, uuid.uuid4().hex, "failed", error=error, reason=str(error).splitlines()[0])
+            self.log.exception(
+                "table_failed", table=table.name, run_id=failed.run_id, error_type=error.kind, error=failed.reason,
+                retryable=False,
+            )  # fmt: skip
+        finished = time.time()
+        failed.duration = finished - started
+        record = RunRecord(
+            run_id=failed.run_id, table_name=table.name, started_at=started, finished_at=finished,
+            duration_seconds=failed.duration, outcome="failed", error_class=type(error).__name__,
+            error_message=str(error)[:2000],
+        )  # fmt: skip
+        try:
+            self.state.record_run(record)
+        except OffloaderError as exc:  # the state store is what failed: the log line above is the record
+            self.log.error("run_history_failed", table=table.name, run_id=failed.run_id, error=str(exc).splitlines()[0])
+        return failed
 
     def run_cycle(
         self,
@@ -209,7 +241,7 @@ class App:
         runs = self.state.last_runs() if with_history else {}
         out = []
         for table in tables if tables is not None else self.config.ordered_tables():
-            problems = []
+            problems, unreadable = [], []
             cursor = mirrors[table.name].cursor if table.name in mirrors else None
             rows = snapshot = None
             copied_to = None  # the time up to which Iceberg holds the source's rows
@@ -227,6 +259,7 @@ class App:
                     rows = 0
             except OffloaderError as exc:
                 problems.append(str(exc).splitlines()[0])
+                unreadable.append("catalog")
             newest = lag = None
             try:
                 copied_to = copied_to or (Cursor.from_json(cursor).time if cursor else None)
@@ -237,11 +270,15 @@ class App:
                     lag = max(lag, 0.0) if lag is not None else None
             except OffloaderError as exc:
                 problems.append(str(exc).splitlines()[0])
+                unreadable.append("source")
             headroom = None
             try:
                 headroom = self.ttl_headroom(table, cursor)
             except OffloaderError as exc:
-                problems.append(str(exc).splitlines()[0])
+                if str(exc).splitlines()[0] not in problems:  # the source down fails both reads alike
+                    problems.append(str(exc).splitlines()[0])
+                if "source" not in unreadable:
+                    unreadable.append("source")
             risk = headroom is not None and headroom < self.config.maintenance.ttl_margin
             if risk:
                 problems.append(
@@ -272,6 +309,7 @@ class App:
                     problem="; ".join(problems) or None,
                     ttl_headroom_seconds=headroom,
                     ttl_risk=risk,
+                    unreadable=unreadable,
                 )  # fmt: skip
             )
         return out

@@ -3,7 +3,8 @@
 Commands: ``once`` (one cycle), ``status``, ``history``, ``run`` (the service), ``maintain``,
 ``check``, ``reset``, ``audit``, ``demo seed`` and ``mirror reset``. Every failure ends in a precise one-line message per problem on
 stderr and a non-zero exit: 2 for bad config or usage, 1 for a failed table or a dead
-server, 70 for an internal error (its traceback only with ``--debug``).
+server (``status`` too, after printing what it could read), 70 for an internal error (its
+traceback only with ``--debug``, or in a JSON log as the ``internal_error`` event, without locals).
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         service = args.command == "run" or (args.command == "demo" and args.demo_command == "run")
-        log.configure(args.log_level or config.logging.level, config.logging.format, sys.stdout if service else sys.stderr)
+        log.configure(
+            args.log_level or config.logging.level, config.logging.format, sys.stdout if service else sys.stderr, args.debug
+        )
         return _dispatch(args, config)
     except ConfigError as exc:
         print(f"offloader: {exc}", file=sys.stderr)
@@ -116,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence: a message, never a bare traceback
         if args.debug:
             raise
+        log.internal_error(exc)
         print(f"offloader: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
 
@@ -207,10 +211,12 @@ def _fmt_lag(seconds: float | None) -> str:
 
 
 def _status(app: Any, as_json: bool) -> int:
+    """Print what can be read; exit 1 when a server is down or a table could not be read."""
     statuses = app.status()
+    code = EXIT_FAILED if any(s.unreadable for s in statuses) else EXIT_OK
     if as_json:
         print(json.dumps([s.as_dict() for s in statuses], indent=2, default=str))
-        return EXIT_OK
+        return code
     header = ("table", "cursor", "lag", "iceberg rows", "ttl headroom", "last run")
     rows = []
     for s in statuses:
@@ -236,7 +242,7 @@ def _status(app: Any, as_json: bool) -> int:
     for s in statuses:
         if s.problem:
             print(f"{s.table}: {s.problem}", file=sys.stderr)
-    return EXIT_OK
+    return code
 
 
 def _history(app: Any, table: str | None, limit: int) -> int:

@@ -356,28 +356,38 @@ def _coerce_env_value(text: str) -> Any:
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Put the ``OFFLOADER__...`` overrides in; each section and table keeps in ``_from_env``
+    which of its keys came from which variable, so that a problem can name the variable."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     raw["tables"] = [dict(t) for t in raw.get("tables", [])] if isinstance(raw.get("tables", []), list) else raw["tables"]
+    tables = [t for t in raw["tables"] if isinstance(t, dict)] if isinstance(raw["tables"], list) else []
+    problems: list[str] = []
     for key, text in sorted(env.items()):
         if not key.startswith(ENV_PREFIX):
             continue
         parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
-        if parts[0] == "tables" and len(parts) == 3:
-            for table in raw["tables"]:
-                if isinstance(table, dict) and str(table.get("name", "")).lower() == parts[1]:
-                    table[parts[2]] = _coerce_env_value(text)
+        if len(parts) != (3 if parts[0] == "tables" else 2) or not all(parts):
+            problems.append(f"{key}: environment overrides take the form OFFLOADER__SECTION__KEY or OFFLOADER__TABLES__NAME__KEY")
             continue
-        if len(parts) != 2 or not all(parts):
-            raw.setdefault("_env_problems", []).append(
-                f"{key}: environment overrides take the form OFFLOADER__SECTION__KEY or OFFLOADER__TABLES__NAME__KEY"
-            )
+        if parts[0] == "tables":
+            matched = [t for t in tables if str(t.get("name", "")).lower() == parts[1]]
+            if not matched:
+                configured = ", ".join(str(t.get("name")) for t in tables) or "none"
+                problems.append(f"{key}: no table named {parts[1]!r} is configured; configured: {configured}")
+            for table in matched:
+                table[parts[2]] = _coerce_env_value(text)
+                table.setdefault("_from_env", {})[parts[2]] = key
             continue
         section, name = parts
         value: Any = text if name == "password" else _coerce_env_value(text)
         target = raw.setdefault(section, {})
-        if isinstance(target, dict):
-            target[name] = value
-            target.setdefault("_from_env", set()).add(name)
+        if not isinstance(target, dict):
+            problems.append(f"{key}: {section} is not a section ([{section}]) whose keys can be overridden")
+            continue
+        target[name] = value
+        target.setdefault("_from_env", {})[name] = key
+    if problems:
+        raw["_env_problems"] = problems
     return raw
 
 
@@ -393,9 +403,21 @@ class _Validator:
         self.env = env
         self.origin = origin
         self.problems: list[str] = list(raw.pop("_env_problems", []))
+        self.env_keys: dict[str, str] = {}  # "source.safety_lag" -> the variable that set it
 
     def problem(self, key: str, value: Any, accepted: str) -> None:
-        self.problems.append(f"{key} = {value!r}: {accepted}")
+        """One problem line: the key, the bad value, the variable it came from if it did, what is accepted."""
+        variables = [self.env_keys[key]] if key in self.env_keys else []
+        if isinstance(value, dict) and "_from_env" in value:  # a whole section set by variables
+            variables += sorted(value["_from_env"].values())
+            value = {k: v for k, v in value.items() if k != "_from_env"}
+        origin = f" (from {', '.join(variables)})" if variables else ""
+        self.problems.append(f"{key} = {value!r}{origin}: {accepted}")
+
+    def from_env(self, label: str, values: dict[str, Any]) -> None:
+        """Remember which keys of the section or table ``label`` came from which variable."""
+        for key, variable in values.get("_from_env", {}).items():
+            self.env_keys[f"{label}.{key}"] = variable
 
     def build(self) -> Config:
         known = {"source", "catalog", "state", "tables", "offload", "schedule", "maintenance", "server", "logging", "data_dir"}
@@ -439,6 +461,7 @@ class _Validator:
         if not isinstance(value, dict):
             self.problem(name, value, "must be a table ([section])")
             return {}
+        self.from_env(name, value)
         return value
 
     def unknown_keys(self, section: str, values: dict[str, Any], allowed: set[str]) -> None:
@@ -578,7 +601,9 @@ class _Validator:
         self.object_storage(props, secrets)
         if props.get("rest.sigv4-enabled") == "true" and not _importable("boto3"):
             self.problem(
-                "catalog.rest.sigv4-enabled", "true", "SigV4 signing needs boto3, which is not installed: pip install 'offloader[aws]'"
+                "catalog.rest.sigv4-enabled",
+                "true",
+                "SigV4 signing needs boto3, which is not installed: pip install 'offloader[aws]'",
             )
         return CatalogConfig(name=str(name), properties=props, password=self.password("catalog", s), secrets=secrets)
 
@@ -753,6 +778,7 @@ class _Validator:
             return None
         name = t.get("name")
         label = f"tables.{name}" if isinstance(name, str) and IDENTIFIER.match(name) else f"tables[{index}]"
+        self.from_env(label, t)
         before = len(self.problems)
         allowed = {
             "name", "source", "target", "layer", "cursor", "partition_by", "depends_on", "mode", "replace_lookback",

@@ -9,6 +9,15 @@ costs one dictionary lookup.
 ``OFFLOADER_LOSE_COMMIT_REPLY=before|after`` makes the commit's reply go missing, as when the
 catalog connection dies mid-commit: ``before`` the commit is sent (it never lands), or ``after``
 it landed. Either way the offload must settle the outcome from the snapshot history.
+
+``OFFLOADER_FAULT=internal_error:<point>[:<n>]`` raises a plain RuntimeError, as a bug would,
+at one of ``FAIL_POINTS`` (the n-th time it is reached): points where a secret is a local
+variable of the raising frame, so that a test can show no traceback in the logs carries it.
+
+- ``source_connect``: the HTTP engine's connection arguments hold the ClickHouse password
+  (reached when a table run first needs the source);
+- ``state_connect``: the state store's connection URL holds the PostgreSQL password
+  (reached when the process starts).
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from collections import Counter
 POINTS = ("after_read", "after_write", "after_commit", "after_state")
 ENV = "OFFLOADER_KILL_AT"
 LOSE_REPLY_ENV = "OFFLOADER_LOSE_COMMIT_REPLY"
+FAULT_ENV = "OFFLOADER_FAULT"
+FAIL_POINTS = ("source_connect", "state_connect")
 _seen: Counter[str] = Counter()
 
 
@@ -39,3 +50,17 @@ def checkpoint(point: str) -> None:
 def reply_lost(moment: str) -> bool:
     """Whether the environment asks for the commit's reply to be lost at ``moment`` (before/after)."""
     return os.environ.get(LOSE_REPLY_ENV) == moment
+
+
+def fail(point: str) -> None:
+    """Raise a RuntimeError (an internal error) if the environment asks for one at ``point``."""
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted:
+        return
+    kind, _, rest = wanted.partition(":")
+    name, _, nth = rest.partition(":")
+    if kind != "internal_error" or name != point:
+        return
+    _seen[f"internal_error:{point}"] += 1
+    if _seen[f"internal_error:{point}"] >= int(nth or 1):
+        raise RuntimeError(f"internal error injected at {point} ({FAULT_ENV})")

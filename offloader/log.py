@@ -4,6 +4,10 @@ The service (``run``, ``demo run``) logs to stdout, as containers expect; the on
 commands log to stderr, so that their output on stdout (``status --json``) stays clean. Event
 names are stable (``offload_committed``, ``window_verified``, ``table_failed``) and every
 line of a table run carries ``table`` and ``run_id``.
+
+A logged exception carries its traceback (in JSON, an ``exception`` list of frames) but never
+the frames' local variables, where passwords and secret keys live (a connection URL, a
+driver's arguments); only ``--debug`` shows them.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from typing import Any, TextIO
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_json_lines: bool | None = None  # how the process logs, once configured
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Configure structlog once for the process."""
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None, debug: bool = False) -> None:
+    """Configure structlog once for the process; ``debug`` adds the frames' locals to tracebacks."""
+    global _json_lines
     stream = stream or sys.stderr
     json_lines = fmt == "json" or (fmt == "auto" and not stream.isatty())
     processors: list[Any] = [
@@ -27,9 +33,13 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if json_lines:
-        processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        tracebacks = structlog.tracebacks.ExceptionDictTransformer(show_locals=debug)
+        processors += [structlog.processors.ExceptionRenderer(tracebacks), structlog.processors.JSONRenderer()]
     else:
-        processors += [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+        formatter: Any = structlog.dev.plain_traceback  # better-exceptions, if installed, would show locals
+        if structlog.dev.rich is not None:
+            formatter = structlog.dev.RichTracebackFormatter(show_locals=debug)
+        processors += [structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=formatter)]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
@@ -41,3 +51,11 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     # Their retries and driver warnings are reported by offloader itself, once, as events.
     for name in ("urllib3", "clickhouse_connect", "pyiceberg", "apscheduler"):
         logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.ERROR)
+    _json_lines = json_lines
+
+
+def internal_error(exc: BaseException) -> None:
+    """Log an internal error that ends the process with its traceback (no locals), when the log
+    is JSON lines (read by machines); on a console the one-line message must do (``--debug``)."""
+    if _json_lines:
+        structlog.get_logger("offloader").error("internal_error", error=f"{type(exc).__name__}: {exc}", exc_info=exc)

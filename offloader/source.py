@@ -25,8 +25,13 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from offloader.config import SourceConfig
-from offloader.errors import SchemaError, SourceError, first_line
+from offloader.errors import AuthenticationError, OffloaderError, SchemaError, SourceError, first_line
+from offloader.faults import fail
 
+# ClickHouse error codes of a refused login: UNKNOWN_USER, WRONG_PASSWORD, REQUIRED_PASSWORD,
+# AUTHENTICATION_FAILED. Trying again with the same credentials cannot help. (ACCESS_DENIED, 497,
+# is a missing grant of a user that did log in: a SourceError like any other failed query.)
+AUTH_FAILED_CODES = frozenset({192, 193, 194, 516})
 TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 TS_PARAM = "DateTime64(9, 'UTC')"
 _TIME_TYPE = re.compile(r"^(DateTime64\(\s*(\d)\s*(,.*)?\)|DateTime(\(.*\))?)$")
@@ -172,23 +177,30 @@ class HttpEngine:
         if config.password is not None:
             kwargs["password"] = config.password.reveal()
         self.display = config.display_dsn
+        fail("source_connect")
         try:
             self._client = clickhouse_connect.get_client(**kwargs)
         except Exception as exc:
-            raise SourceError(f"cannot connect to ClickHouse at {self.display}: {first_line(exc)}") from exc
+            raise self._failure(f"cannot connect to ClickHouse at {self.display}", exc) from exc
+
+    def _failure(self, what: str, exc: Exception) -> OffloaderError:
+        """The error to raise for a clickhouse-connect failure: a refused login is never retried."""
+        if getattr(exc, "code", None) in AUTH_FAILED_CODES:
+            return AuthenticationError(f"authentication failed at {self.display}: {first_line(exc)}")
+        return SourceError(f"{what}: {first_line(exc)}")
 
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         try:
             table = self._client.query_arrow(sql, parameters=params or {})
         except Exception as exc:
-            raise SourceError(f"ClickHouse query failed ({self.display}): {first_line(exc)}") from exc
+            raise self._failure(f"ClickHouse query failed ({self.display})", exc) from exc
         return _table_rows(table)
 
     def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         try:
             self._client.command(sql, parameters=params or {})
         except Exception as exc:
-            raise SourceError(f"ClickHouse command failed ({self.display}): {first_line(exc)}") from exc
+            raise self._failure(f"ClickHouse command failed ({self.display})", exc) from exc
 
     def stream(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
         try:
@@ -196,7 +208,7 @@ class HttpEngine:
                 for table in stream:
                     yield from (table.to_batches() if isinstance(table, pa.Table) else [table])
         except Exception as exc:
-            raise SourceError(f"ClickHouse stream failed ({self.display}): {first_line(exc)}") from exc
+            raise self._failure(f"ClickHouse stream failed ({self.display})", exc) from exc
 
     def close(self) -> None:
         try:

@@ -21,6 +21,7 @@ from typing import Any
 
 from offloader.config import StateConfig, connection_url
 from offloader.errors import StateError, first_line
+from offloader.faults import fail
 
 # catalog/*.sql at the repository root, reached through the package's sql/ link so that an
 # installed wheel carries the same files
@@ -102,9 +103,11 @@ class StateStore:
         else:
             kwargs["connect_args"] = {"connect_timeout": 10, "application_name": "offloader"}
         try:
-            self.engine = create_engine(connection_url(config.dsn, config.password), **kwargs)
+            url = connection_url(config.dsn, config.password)  # with the password: never logged, never shown
+            self.engine = create_engine(url, **kwargs)
         except Exception as exc:
             raise StateError(f"cannot open the state store {config.display_dsn}: {first_line(exc)}") from exc
+        fail("state_connect")
 
     @contextmanager
     def _connection(self, what: str) -> Iterator[Any]:

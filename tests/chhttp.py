@@ -5,7 +5,7 @@ one over HTTP in production (clickhouse-connect, ``http://user@host:8123/databas
 module serves the part of ClickHouse's HTTP protocol that clickhouse-connect uses, backed
 by the ClickHouse engine embedded in chDB, so that the real HTTP path runs on loopback::
 
-    python tests/chhttp.py --path /chdb/dir --port 0 [--host 127.0.0.1] [--fault SPEC]
+    python tests/chhttp.py --path /chdb/dir --port 0 [--host 127.0.0.1] [--fault SPEC] [--user NAME:PASSWORD]
 
 prints ``LISTENING <port>`` on stdout once it accepts connections and exits 0 on SIGTERM
 (or SIGINT). Only one process can open a chDB directory: while the endpoint runs, every
@@ -24,8 +24,17 @@ What is served
     parameter that is not an HTTP transport parameter is a setting, applied with ``SET`` on
     the request's own session. A trailing ``FORMAT <name>`` picks the output format
     (default TabSeparated). ``INSERT ... FORMAT <fmt>`` followed by data (in the body,
-    plain or chunked) is streamed into chDB's ``send_insert``. Authentication is not
-    checked. Responses are never compressed.
+    plain or chunked) is streamed into chDB's ``send_insert``. Responses are never compressed.
+
+Authentication
+    Not checked unless users are given (``--user NAME:PASSWORD``, repeatable; in-process
+    ``serve(..., users={name: password})``). Then every query must carry one of them, the
+    ways ClickHouse takes credentials: HTTP Basic auth (what clickhouse-connect sends), the
+    ``X-ClickHouse-User``/``X-ClickHouse-Key`` headers or the ``user``/``password`` URL
+    parameters; none at all means user ``default`` with no password. Anything else is
+    refused as ClickHouse refuses it: HTTP 403, ``X-ClickHouse-Exception-Code: 516`` and
+    ``Code: 516. DB::Exception: <user>: Authentication failed: password is incorrect, or
+    there is no user with such name. (AUTHENTICATION_FAILED)``. ``/ping`` needs no credentials.
 
     Every request runs on a fresh ``chdb.connect(path)`` handle (handles on one path share
     the engine, but each keeps its own session and runs one streaming query at a time).
@@ -64,6 +73,7 @@ Fault injection (for network-failure tests)
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -185,8 +195,12 @@ class ChHttpServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, path: str, host: str, port: int, fault: Fault | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self, path: str, host: str, port: int, fault: Fault | None = None, verbose: bool = False,
+        users: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         self.chdb_path = path
+        self.users = users  # None: authentication is not checked
         self.conn = chdb.connect(path)
         self.version, self.timezone = self.conn.query("SELECT version(), timezone()", "TabSeparated").bytes().decode().split()
         self.fault = fault
@@ -325,7 +339,13 @@ class _Handler(BaseHTTPRequestHandler):
             elif url.path in ("/ping", "/") and "query" not in url.query and self.command == "GET":
                 self._send_small(200, b"Ok.\n", "text/html; charset=UTF-8")
             elif url.path in ("/", ""):
-                self._query(dict(parse_qsl(url.query, keep_blank_values=True)))
+                params = dict(parse_qsl(url.query, keep_blank_values=True))
+                refused = self._refused(params)
+                if refused is not None:
+                    self._drain_body()
+                    self._send_error(refused, status=403)
+                else:
+                    self._query(params)
             else:
                 self._drain_body()
                 self._send_error(ClickHouseError(0, f"There is no handle {url.path}"), status=404)
@@ -347,6 +367,28 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.server.fault
         text = f"{fault.spec} {fault.fired}\n" if fault else "none 0\n"
         self._send_small(200, text.encode(), "text/plain; charset=UTF-8")
+
+    def _refused(self, params: dict[str, str]) -> ClickHouseError | None:
+        """The AUTHENTICATION_FAILED error when users are checked and the request's credentials are not one of them."""
+        users = self.server.users
+        if users is None:
+            return None
+        user, password = params.get("user"), params.get("password")
+        auth = self.headers.get("Authorization", "")
+        if auth.lower().startswith("basic "):
+            try:
+                user, _, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                user, password = "", None
+        user = user or self.headers.get("X-ClickHouse-User") or "default"
+        password = password if password is not None else self.headers.get("X-ClickHouse-Key", "")
+        if user in users and secrets.compare_digest(users[user].encode(), password.encode()):
+            return None
+        return ClickHouseError(
+            516,
+            f"Code: 516. DB::Exception: {user}: Authentication failed: password is incorrect, "
+            "or there is no user with such name. (AUTHENTICATION_FAILED)",
+        )
 
     # -- the request -----------------------------------------------------------------------
 
@@ -637,16 +679,17 @@ def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
 
 
 def serve(path: str, host: str = "127.0.0.1", port: int = 0, fault: Fault | str | None = None,
-          verbose: bool = False) -> tuple[ChHttpServer, threading.Thread]:  # fmt: skip
+          verbose: bool = False, users: dict[str, str] | None = None) -> tuple[ChHttpServer, threading.Thread]:  # fmt: skip
     """Start the endpoint on ``path`` in this process; ``server.close()`` stops it.
 
-    ``fault`` defaults to the ``CHHTTP_FAULT`` environment variable.
+    ``fault`` defaults to the ``CHHTTP_FAULT`` environment variable; ``users`` (name to
+    password) turns authentication on.
     """
     if fault is None:
         fault = os.environ.get(FAULT_ENV)
     if isinstance(fault, str):
         fault = Fault.parse(fault)
-    server = ChHttpServer(path, host, port, fault=fault, verbose=verbose)
+    server = ChHttpServer(path, host, port, fault=fault, verbose=verbose, users=users)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="chhttp", daemon=True)
     thread.start()
     return server, thread
@@ -659,12 +702,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8123, help="0 picks a free port")
     parser.add_argument("--fault", default=None, help="KIND:BYTES[:SECONDS], see the module docstring")
     parser.add_argument("--verbose", action="store_true", help="log requests to stderr")
+    parser.add_argument(
+        "--user", action="append", default=None, metavar="NAME:PASSWORD", help="accept only these users (repeatable)"
+    )
     args = parser.parse_args(argv)
+    users = None if args.user is None else dict(u.partition(":")[::2] for u in args.user)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        server, thread = serve(args.path, args.host, args.port, fault=args.fault, verbose=args.verbose)
+        server, thread = serve(args.path, args.host, args.port, fault=args.fault, verbose=args.verbose, users=users)
     except ValueError as exc:
         print(f"chhttp: {exc}", file=sys.stderr)
         return 2

@@ -129,6 +129,43 @@ def test_environment_overrides_any_key(tmp_path: Path) -> None:
     assert config.tables[0].max_window == 600
 
 
+def test_environment_override_of_a_table_not_configured_is_an_error(tmp_path: Path) -> None:
+    """OFFLOADER__TABLES__<NAME>__KEY naming no configured table is a config error naming the variable, not silently ignored."""
+    two = GOOD + GOOD[GOOD.index("[[tables]]") :].replace("bronze_trades_binance", "bronze_trades_kraken")
+    env = {"OFFLOADER__TABLES__NOSUCH__MAX_WINDOW": "10m", "OFFLOADER__TABLES__BRONZE_TRADES_KRAKEN__MAX_WINDOW": "10m"}
+    assert problems(tmp_path, two, env) == [
+        "OFFLOADER__TABLES__NOSUCH__MAX_WINDOW: no table named 'nosuch' is configured; "
+        "configured: bronze_trades_binance, bronze_trades_kraken"
+    ]
+    assert problems(tmp_path, GOOD, {"OFFLOADER__TABLES__MAX_WINDOW": "10m"}) == [
+        "OFFLOADER__TABLES__MAX_WINDOW: environment overrides take the form OFFLOADER__SECTION__KEY or OFFLOADER__TABLES__NAME__KEY"
+    ]
+
+
+def test_a_bad_value_from_the_environment_names_its_variable(tmp_path: Path) -> None:
+    """A bad value set by an environment variable is reported naming the key, the value and the variable it came from."""
+    env = {
+        "OFFLOADER__SOURCE__SAFETY_LAG": "abc",
+        "OFFLOADER__TABLES__BRONZE_TRADES_BINANCE__MODE": "upsert",
+        "OFFLOADER__SCHEDULE__NOSUCH": "1",
+    }
+    found = problems(tmp_path, GOOD.replace('max_window = "1h"', 'max_window = "an hour"'), env)
+    assert sorted(found) == sorted(
+        [
+            "source.safety_lag = 'abc' (from OFFLOADER__SOURCE__SAFETY_LAG): "
+            'expected a duration such as "0s", "90s", "5m", "1h30m", "2d"',
+            "tables.bronze_trades_binance.mode = 'upsert' (from OFFLOADER__TABLES__BRONZE_TRADES_BINANCE__MODE): "
+            "accepted: 'append', 'replace'",
+            "schedule.nosuch = 1 (from OFFLOADER__SCHEDULE__NOSUCH): unknown key; accepted: "
+            "cron, interval, maintenance_cron, max_parallel, retry_attempts, retry_backoff, retry_backoff_max, run_at_start, "
+            "shutdown_timeout",
+            'source.max_window = \'an hour\': expected a duration such as "0s", "90s", "5m", "1h30m", "2d"',
+        ]
+    )
+    (section,) = problems(tmp_path, GOOD, {"OFFLOADER__SOURCES__DSN": "http://x@y/z"})
+    assert section.startswith("sources = {'dsn': 'http://x@y/z'} (from OFFLOADER__SOURCES__DSN): unknown section"), section
+
+
 def test_dependencies_must_exist_and_not_cycle(tmp_path: Path) -> None:
     """An unknown upstream and a dependency cycle are both reported."""
     text = GOOD.replace("depends_on = []", 'depends_on = ["nope"]')

@@ -48,15 +48,19 @@ class Endpoint:
     def dsn(self) -> str:
         return f"http://default@127.0.0.1:{self.port}/k2"
 
-    def start(self, fault: str | None = None) -> None:
-        """Start the endpoint (the test's own chDB handle is released first) and wait for its port."""
+    def start(self, fault: str | None = None, users: dict[str, str] | None = None) -> None:
+        """Start the endpoint (the test's own chDB handle is released first) and wait for its port.
+
+        ``users`` (name to password) makes it refuse every other credential, as ClickHouse does.
+        """
         self.ws.release()
         env = {k: v for k, v in os.environ.items() if k != "CHHTTP_FAULT"}
         if fault:
             env["CHHTTP_FAULT"] = fault
+        accepted = [arg for name, password in (users or {}).items() for arg in ("--user", f"{name}:{password}")]
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(CHHTTP), "--path", str(self.ws.chdb_path), "--port", "0"],
+                [sys.executable, str(CHHTTP), "--path", str(self.ws.chdb_path), "--port", "0", *accepted],
                 stdout=subprocess.PIPE, stderr=log, text=True, cwd=self.ws.root, env=env,
             )  # fmt: skip
         assert self.proc.stdout is not None
@@ -318,6 +322,55 @@ def test_clickhouse_not_there(ws: Workspace) -> None:
     line = failed_line(done.stderr)
     assert "ClickHouse" in line and f"127.0.0.1:{port}" in line, line
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_refused_credentials_fail_once_and_are_never_retried(ws: Workspace, endpoint: Endpoint) -> None:
+    """ClickHouse refusing offloader's password (516 AUTHENTICATION_FAILED) fails `once` with exit 1 and one "authentication failed" line, without a retry."""
+    seed(ws, 100)
+    ws.schedule.update(retry_attempts=3, retry_backoff="0s")
+    right, wrong = "the-right-one", "not-the-right-one"
+    endpoint.start(users={"offloader": right})
+    ws.source_dsn = f"http://offloader@127.0.0.1:{endpoint.port}/k2"
+    env = clean_env(OFFLOADER__SOURCE__PASSWORD=wrong)
+    done = subprocess.run(ws.command("once"), capture_output=True, text=True, env=env, cwd=ws.root, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    line = failed_line(done.stderr)
+    assert line.startswith(f"trades: FAILED: authentication failed at {ws.source_dsn}: "), line
+    assert "AUTHENTICATION_FAILED" in line, line
+    assert '"table_retry"' not in done.stderr, done.stderr
+    assert wrong not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert iceberg_rows(ws) == 0
+
+    env = clean_env(OFFLOADER__SOURCE__PASSWORD=right)
+    accepted = subprocess.run(ws.command("once"), capture_output=True, text=True, env=env, cwd=ws.root, timeout=120)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "trades: committed 100 rows" in accepted.stdout
+    assert endpoint.stop() == 0
+
+
+def test_a_run_that_fails_before_it_starts_is_in_the_history_and_status_exits_1(ws: Workspace) -> None:
+    """A run whose ClickHouse is not there is recorded as a failed run with its error, which `history` and `status` show, and `status` exits 1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ws.tables = [trades_table()]
+    ws.source_dsn = f"http://default@127.0.0.1:{port}/k2"
+    done = ws.run_once(timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    reason = failed_line(done.stderr).removeprefix("trades: FAILED: ")
+
+    history = subprocess.run(ws.command("history"), capture_output=True, text=True, env=clean_env(), cwd=ws.root, timeout=60)
+    assert history.returncode == 0, history.stderr
+    (run,) = history.stdout.splitlines()
+    assert "  trades  failed  rows=0 " in run and f"  SourceError: {reason}" in run, run
+
+    status = subprocess.run(ws.command("status"), capture_output=True, text=True, env=clean_env(), cwd=ws.root, timeout=60)
+    assert status.returncode == 1, status.stdout + status.stderr
+    header, row = status.stdout.splitlines()
+    assert row.startswith("trades ") and " failed " in row, status.stdout
+    assert f"trades: cannot connect to ClickHouse at {ws.source_dsn}: " in status.stderr, status.stderr
+    assert "Traceback" not in status.stderr, status.stderr
 
 
 def test_check_and_repair_over_http(ws: Workspace, endpoint: Endpoint) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -246,6 +247,42 @@ def test_no_secret_reaches_logs_metrics_or_endpoints(ws: Workspace) -> None:
     for text in [out, err, status.stdout, status.stderr, *bodies]:
         assert SENTINEL not in text
     assert '"event": "offload_committed"' in out
+
+
+SECRETS_ENV = {
+    "OFFLOADER__SOURCE__PASSWORD": SENTINEL,
+    "OFFLOADER__STATE__PASSWORD": SENTINEL,
+    "OFFLOADER__CATALOG__PASSWORD": SENTINEL,
+    "OFFLOADER__CATALOG__S3_SECRET_ACCESS_KEY": SENTINEL,
+    "OFFLOADER__CATALOG__CREDENTIAL": SENTINEL,
+}
+
+
+@pytest.mark.parametrize(
+    "point, code, event",
+    [("source_connect", 1, "table_failed"), ("state_connect", 70, "internal_error")],
+)
+def test_no_secret_in_the_traceback_of_an_internal_error(ws: Workspace, point: str, code: int, event: str) -> None:
+    """An internal error raised where a password is a local variable is logged with its traceback but without the frames' locals, so no secret reaches the output."""
+    ws.tables = [trades_table()]
+    ws.source_dsn = f"http://offloader@127.0.0.1:{free_port()}/k2"  # the fault fires before it is reached
+    command = ws.command("once")
+    text = ws.config_path.read_text()  # an S3 key id, so that the S3 secret key from the environment is taken
+    ws.config_path.write_text(text.replace("[catalog]\n", '[catalog]\n"s3.access-key-id" = "offloader"\n', 1))
+    env = clean_env(**SECRETS_ENV, OFFLOADER_FAULT=f"internal_error:{point}")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert done.returncode == code, done.stdout + done.stderr
+    assert SENTINEL not in done.stdout + done.stderr
+    logged = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    (failure,) = [entry for entry in logged if entry["event"] == event]
+    (raised,) = failure["exception"]
+    assert raised["exc_type"] == "RuntimeError" and point in raised["exc_value"], raised
+    frames = {frame["name"] for frame in raised["frames"]}
+    assert "__init__" in frames, frames  # the frame holding the password is in the traceback
+    assert not any("locals" in frame for frame in raised["frames"]), raised["frames"]
+
+    debug = subprocess.run([*command[:3], "--debug", *command[3:]], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert debug.returncode != 0 and point in debug.stderr  # with --debug the traceback (locals too) is shown
 
 
 def test_schedule_jobs_follow_config_cron_per_table_cron_and_run_at_start(ws: Workspace) -> None:
