@@ -412,7 +412,7 @@ class _Validator:
             variables += sorted(value["_from_env"].values())
             value = {k: v for k, v in value.items() if k != "_from_env"}
         origin = f" (from {', '.join(variables)})" if variables else ""
-        self.problems.append(f"{key} = {value!r}{origin}: {accepted}")
+        self.problems.append(f"{key} = {_shown(key, value)}{origin}: {accepted}")
 
     def from_env(self, label: str, values: dict[str, Any]) -> None:
         """Remember which keys of the section or table ``label`` came from which variable."""
@@ -579,10 +579,11 @@ class _Validator:
         if not isinstance(name, str) or not IDENTIFIER.match(name):
             self.problem("catalog.name", name, "expected an identifier (letters, digits, _)")
         env_secrets = {secret_name(p) for p in SECRET_PROPERTIES}
+        from_env = s.get("_from_env", {})
         props: dict[str, str] = {}
         for key, value in s.items():
-            if key in {"name", "password", "password_file", "_from_env"} or key in env_secrets:
-                continue
+            if key in {"name", "password", "password_file", "_from_env"} or (key in env_secrets and key in from_env):
+                continue  # secrets from the environment are read by catalog_secrets, as given
             if key.endswith("_file") and key[: -len("_file")] in env_secrets:
                 continue
             if isinstance(value, dict | list):
@@ -856,6 +857,16 @@ class _Validator:
         if len(set(value)) != len(value):
             self.problem(key, value, "names must not repeat")
         return tuple(value)
+
+
+_SECRET_WORDS = re.compile(r"password|secret|credential|token|account[-_]key", re.IGNORECASE)
+
+
+def _shown(key: str, value: Any) -> str:
+    """A value as a problem line shows it: never the value of a key that names a secret."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_shown(str(k), v)}" for k, v in value.items()) + "}"
+    return "'***'" if _SECRET_WORDS.search(key) and not key.endswith("_file") else repr(value)
 
 
 def _importable(module: str) -> bool:

@@ -123,6 +123,7 @@ class Workspace:
     server: dict[str, Any] = field(default_factory=dict)
     maintenance: dict[str, Any] = field(default_factory=dict)
     source_dsn: str | None = None  # overrides the chDB source, e.g. an HTTP endpoint (tests/chhttp.py)
+    secret_files: bool = True  # the storage's secrets as catalog.<name>_file keys; else the caller's environment gives them
     _engine: ChdbEngine | None = None
     _duckdb: Any = None
 
@@ -183,8 +184,8 @@ class Workspace:
 
     def _secret_files(self) -> dict[str, Path]:
         """The storage's secrets as files (catalog.<name>_file), so every subprocess finds them."""
-        out = {}
-        for variable, value in self.storage.env().items():
+        out: dict[str, Path] = {}
+        for variable, value in self.storage.env().items() if self.secret_files else ():
             name = variable.removeprefix("OFFLOADER__CATALOG__").lower()
             path = self.root / "secrets" / name
             path.parent.mkdir(exist_ok=True)

@@ -235,3 +235,94 @@ def test_cli_dead_state_store_exits_1_naming_it(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     assert "state store" in result.stderr and "127.0.0.1:1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+S3_CATALOG = GOOD.replace(
+    'warehouse = "s3://cold/warehouse"',
+    'warehouse = "s3://cold/warehouse"\n"s3.endpoint" = "http://seaweedfs:8333"\n"s3.access-key-id" = "offloader"',
+)
+
+
+def test_catalog_secrets_come_from_the_environment_a_file_or_the_aws_variables(tmp_path: Path) -> None:
+    """The S3 secret key is taken from OFFLOADER__CATALOG__S3_SECRET_ACCESS_KEY, a *_file key, or AWS_SECRET_ACCESS_KEY."""
+    from_ours = load_config(write(tmp_path, S3_CATALOG), env={"OFFLOADER__CATALOG__S3_SECRET_ACCESS_KEY": "k1"}).catalog
+    assert from_ours.secrets["s3.secret-access-key"].reveal() == "k1"
+    assert "s3.secret-access-key" not in from_ours.properties and "k1" not in repr(from_ours)
+    from_aws = load_config(write(tmp_path, S3_CATALOG), env={"AWS_SECRET_ACCESS_KEY": "k2", "AWS_SESSION_TOKEN": "t2"})
+    assert from_aws.catalog.secrets["s3.secret-access-key"].reveal() == "k2"
+    assert from_aws.catalog.secrets["s3.session-token"].reveal() == "t2"
+    secret = tmp_path / "s3-secret"
+    secret.write_text("k3\n")
+    (tmp_path / "rest-credential").write_text("id:s3cr3t")
+    text = S3_CATALOG.replace(
+        '"s3.access-key-id" = "offloader"',
+        f'"s3.access-key-id" = "offloader"\ns3_secret_access_key_file = "{secret}"\ncredential_file = "{tmp_path / "rest-credential"}"',
+    )
+    from_file = load_config(write(tmp_path, text), env={"AWS_SECRET_ACCESS_KEY": "not this one"}).catalog
+    assert from_file.secrets["s3.secret-access-key"].reveal() == "k3"
+    assert from_file.secrets["credential"].reveal() == "id:s3cr3t"
+    assert not any(k.endswith("_file") for k in from_file.properties)
+
+
+def test_a_secret_in_the_config_file_or_a_half_given_s3_key_is_refused_at_start(tmp_path: Path) -> None:
+    """A secret written in the file, or an S3 key id without its secret, is a config error naming how to give it."""
+    inline = S3_CATALOG.replace(
+        '"s3.access-key-id" = "offloader"', '"s3.access-key-id" = "offloader"\n"s3.secret-access-key" = "x"'
+    )
+    found = problems(tmp_path, inline, env={"OFFLOADER__CATALOG__S3_SECRET_ACCESS_KEY": "k"})
+    assert any(
+        p.startswith("catalog.s3.secret-access-key: secrets are not accepted in the config file")
+        and "OFFLOADER__CATALOG__S3_SECRET_ACCESS_KEY" in p
+        and "AWS_SECRET_ACCESS_KEY" in p
+        for p in found
+    ), found
+    assert all("'x'" not in p for p in found), "the secret itself is never echoed"
+    token = GOOD.replace('type = "sql"', 'type = "rest"\ntoken = "tok"')
+    assert any(p.startswith("catalog.token: secrets are not accepted") for p in problems(tmp_path, token))
+    (missing,) = problems(tmp_path, S3_CATALOG)
+    assert missing.startswith("catalog.s3.access-key-id: is set but no secret key is")
+    assert "AWS_SECRET_ACCESS_KEY" in missing and "catalog.s3_secret_access_key_file" in missing
+    unreadable = problems(tmp_path, S3_CATALOG.replace("[state]", 's3_secret_access_key_file = "/nonexistent"\n[state]'))
+    assert unreadable[0].startswith("catalog.s3_secret_access_key_file = '/nonexistent': cannot be read"), unreadable
+
+
+def test_s3_region_defaults_for_a_custom_endpoint_and_follows_aws_region(tmp_path: Path) -> None:
+    """Without s3.region, a custom endpoint gets us-east-1 (no region lookup at every start); AWS_REGION wins."""
+    env = {"OFFLOADER__CATALOG__S3_SECRET_ACCESS_KEY": "k"}
+    assert load_config(write(tmp_path, S3_CATALOG), env=env).catalog.properties["s3.region"] == "us-east-1"
+    assert load_config(write(tmp_path, S3_CATALOG), env={**env, "AWS_REGION": "eu-west-3"}).catalog.properties["s3.region"] == (
+        "eu-west-3"
+    )
+    given = S3_CATALOG.replace('"s3.access-key-id"', '"s3.region" = "ap-south-1"\n"s3.access-key-id"')
+    assert load_config(write(tmp_path, given), env=env).catalog.properties["s3.region"] == "ap-south-1"
+    assert "s3.region" not in load_config(write(tmp_path, GOOD), env={}).catalog.properties, "AWS itself: looked up"
+
+
+def test_sigv4_without_boto3_names_the_extra(tmp_path: Path) -> None:
+    """rest.sigv4-enabled without boto3 installed is a config error that names offloader[aws]."""
+    path = write(
+        tmp_path,
+        GOOD.replace('type = "sql"', 'type = "rest"\nuri = "https://glue.example/iceberg"\n"rest.sigv4-enabled" = true').replace(
+            'uri = "postgresql://offloader@postgres/offloader"\nwarehouse', "warehouse"
+        ),
+    )
+    script = (
+        "import sys; sys.modules['boto3'] = None\n"  # as if boto3 were not installed
+        "import importlib.util as u; f = u.find_spec; u.find_spec = lambda n, *a: None if n == 'boto3' else f(n, *a)\n"
+        "from offloader.cli import main; sys.exit(main(['--config', sys.argv[1], 'status']))"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    assert "catalog.rest.sigv4-enabled = 'true': SigV4 signing needs boto3" in result.stderr
+    assert "pip install 'offloader[aws]'" in result.stderr
+
+
+def test_a_problem_line_never_echoes_the_value_of_a_secret_key(tmp_path: Path) -> None:
+    """An unknown or misplaced key that names a secret is reported by name, its value hidden."""
+    found = problems(
+        tmp_path,
+        GOOD,
+        env={"OFFLOADER__NOSECTION__PASSWORD": "hunter2", "OFFLOADER__TABLES__BRONZE_TRADES_BINANCE__TOKEN": "hunter2"},
+    )
+    assert any("nosection" in p for p in found) and any("bronze_trades_binance.token" in p for p in found), found
+    assert all("hunter2" not in p for p in found), found

@@ -202,6 +202,7 @@ def test_writers_without_a_shared_lock_resolve_conflicts_exactly_once(ws: Worksp
         app.close()
 
 
+@pytest.mark.storage
 def test_mirror_deleted_or_set_back_is_repaired(ws: Workspace) -> None:
     """A deleted or set-back state mirror is repaired from the Iceberg marker, with no row taken twice."""
     ws.tables = [trades_table()]
@@ -217,7 +218,7 @@ def test_mirror_deleted_or_set_back_is_repaired(ws: Workspace) -> None:
     assert result.outcome == "nothing_new"
     assert app.state.mirror("trades").cursor == truth.cursor
 
-    app.state.set_mirror("trades", "cold.trades", ["2025-12-31 00:00:00.000000", 0], None, "hand-edit")
+    app.state.set_mirror("trades", ws.target("cold.trades"), ["2025-12-31 00:00:00.000000", 0], None, "hand-edit")
     ws.insert_trades(1000, start="2026-01-01 03:00:00", first_seq=2000)
     (result,) = app.run_cycle()
     assert result.outcome == "committed" and result.rows == 1000
@@ -225,21 +226,30 @@ def test_mirror_deleted_or_set_back_is_repaired(ws: Workspace) -> None:
     app.close()
 
 
-def test_mirror_ahead_of_iceberg_stops_the_table(ws: Workspace) -> None:
-    """A mirror ahead of Iceberg stops the table with a clear error and a non-zero exit; nothing is lost or added."""
+@pytest.mark.storage
+def test_mirror_ahead_of_iceberg_stops_the_table_until_mirror_reset(ws: Workspace) -> None:
+    """A mirror ahead of Iceberg stops the table with a clear error and exit 1; `mirror reset` lets the next run resume exactly."""
     ws.tables = [trades_table()]
     ws.create_trades()
     ws.insert_trades(1000, start="2026-01-01 00:00:00")
     app = ws.app()
     app.run_cycle()
-    app.state.set_mirror("trades", "cold.trades", ["2030-01-01 00:00:00.000000", 0], None, "hand-edit")
+    app.state.set_mirror("trades", ws.target("cold.trades"), ["2030-01-01 00:00:00.000000", 0], None, "hand-edit")
     ws.insert_trades(500, start="2026-01-02 00:00:00", first_seq=1000)
     app.close()
     result = ws.run_once()
     assert result.returncode == 1
     assert "trades: FAILED" in result.stderr and "mirror" in result.stderr and "ahead" not in result.stdout
-    assert "2030-01-01" in result.stderr
+    assert "2030-01-01" in result.stderr and "mirror reset --table trades" in result.stderr
     assert len(cold_keys(ws)) == 1000
+
+    forgotten = subprocess.run(
+        ws.command("mirror", "reset", "--table", "trades"), capture_output=True, text=True, env=clean_env()
+    )
+    assert forgotten.returncode == 0 and "forgotten" in forgotten.stdout, forgotten.stderr
+    resumed = ws.run_once()
+    assert resumed.returncode == 0 and "committed 500 rows" in resumed.stdout, resumed.stderr[-2000:]
+    assert_exact(ws)
 
 
 def test_ten_thousand_rows_on_one_timestamp_across_window_boundaries(ws: Workspace) -> None:
