@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from conftest import Workspace, clean_env, trades_table
+from storage import free_port
 
 CHHTTP = Path(__file__).resolve().with_name("chhttp.py")
 KEYS_SQL = "SELECT toUnixTimestamp64Micro(ingestion_timestamp) AS ts, sequence_number FROM k2.trades"
@@ -312,9 +312,7 @@ def test_endpoint_failing_mid_stream(ws: Workspace, endpoint: Endpoint, fault: s
 
 def test_clickhouse_not_there(ws: Workspace) -> None:
     """A ClickHouse server that is not there (a closed port) fails the run with exit 1 and a message naming the source and its address, without a traceback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     ws.tables = [trades_table()]
     ws.source_dsn = f"http://default@127.0.0.1:{port}/k2"
     done = ws.run_once(timeout=60)
@@ -351,9 +349,7 @@ def test_refused_credentials_fail_once_and_are_never_retried(ws: Workspace, endp
 
 def test_a_run_that_fails_before_it_starts_is_in_the_history_and_status_exits_1(ws: Workspace) -> None:
     """A run whose ClickHouse is not there is recorded as a failed run with its error, which `history` and `status` show, and `status` exits 1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     ws.tables = [trades_table()]
     ws.source_dsn = f"http://default@127.0.0.1:{port}/k2"
     done = ws.run_once(timeout=60)

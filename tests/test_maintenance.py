@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import Workspace, clean_env, trades_table
-from test_offload import assert_bars_exact, assert_exact, full_rows
+from test_offload import assert_bars_exact, assert_exact, bars_table, create_bars, full_rows
 
 DAY_US = 86_400_000_000
 
@@ -303,17 +303,8 @@ def test_reset_then_once_gives_back_the_same_table(ws: Workspace) -> None:
 @pytest.mark.storage
 def test_reset_of_a_replace_mode_table_keeps_the_bars_at_the_reset_time(ws: Workspace) -> None:
     """`reset --to T` on a replace-mode table, where bars sit at T, then `once`: every bar is back, none twice."""
-    ws.tables = [
-        {
-            "name": "bars", "source": "k2.bars", "target": "cold.bars", "layer": "gold", "cursor": ["window_start"],
-            "partition_by": ["day(window_start)"], "mode": "replace", "replace_lookback": "10m",
-        }
-    ]  # fmt: skip
-    ws.create_trades()
-    ws.engine.command(
-        "CREATE VIEW k2.bars AS SELECT toStartOfMinute(exchange_timestamp) AS window_start, symbol, "
-        "count() AS trades, sum(quantity) AS volume FROM k2.trades GROUP BY window_start, symbol"
-    )
+    ws.tables = [bars_table(partition_by=["day(window_start)"], replace_lookback="10m")]
+    create_bars(ws)
     ws.insert_trades(3000, start="2026-01-01 00:00:00", step_us=3_000_000)  # 2.5 hours of one-minute bars
     assert run_cli(ws, "once").returncode == 0
     assert_bars_exact(ws)

@@ -44,6 +44,25 @@ def assert_exact(ws: Workspace, table: str = "k2.trades", target: str = "cold.tr
     assert duckdb_keys(ws, target) == micros, "DuckDB reads the same rows as the source"
 
 
+def bars_table(**overrides: Any) -> dict[str, Any]:
+    """A replace-mode table of one-minute bars over the trades (create its view with :func:`create_bars`)."""
+    table = {
+        "name": "bars", "source": "k2.bars", "target": "cold.bars", "layer": "gold", "cursor": ["window_start"],
+        "partition_by": ["month(window_start)"], "mode": "replace", "replace_lookback": "2m",
+    }  # fmt: skip
+    table.update(overrides)
+    return table
+
+
+def create_bars(ws: Workspace) -> None:
+    """The trades table and the bars view over it: a bar changes while trades land in its minute."""
+    ws.create_trades()
+    ws.engine.command(
+        "CREATE VIEW k2.bars AS SELECT toStartOfMinute(exchange_timestamp) AS window_start, symbol, "
+        "count() AS trades, sum(quantity) AS volume FROM k2.trades GROUP BY window_start, symbol"
+    )
+
+
 BARS_KEY = "toString(toDateTime64(window_start, 6, 'UTC')), symbol, trades, toString(volume)"
 
 
@@ -363,17 +382,8 @@ def test_column_added_in_source_evolves_schema_in_the_same_commit(ws: Workspace)
 @pytest.mark.storage
 def test_replace_mode_rewrites_open_rows_exactly(ws: Workspace) -> None:
     """mode = "replace" rewrites exactly the trailing rows that still change, and a re-run changes nothing."""
-    ws.tables = [
-        {
-            "name": "bars", "source": "k2.bars", "target": "cold.bars", "layer": "gold", "cursor": ["window_start"],
-            "partition_by": ["month(window_start)"], "mode": "replace", "replace_lookback": "2m",
-        }
-    ]  # fmt: skip
-    ws.create_trades()
-    ws.engine.command(
-        "CREATE VIEW k2.bars AS SELECT toStartOfMinute(exchange_timestamp) AS window_start, symbol, "
-        "count() AS trades, sum(quantity) AS volume FROM k2.trades GROUP BY window_start, symbol"
-    )
+    ws.tables = [bars_table()]
+    create_bars(ws)
     ws.engine.command(
         "INSERT INTO k2.trades SELECT now64(3, 'UTC') - toIntervalSecond(number * 7), now64(6, 'UTC') - toIntervalSecond(number * 7), "
         "number, ['BTC-USDT', 'ETH-USDT'][number % 2 + 1], 'buy', 1, toDecimal64(number, 8) FROM numbers(100)"
@@ -576,17 +586,8 @@ def test_unknown_commit_outcome_is_settled_from_the_snapshot_history(ws: Workspa
 @pytest.mark.parametrize("point", ["after_write", "after_commit"])
 def test_replace_mode_sigkill_then_rerun_equals_the_source(ws: Workspace, point: str) -> None:
     """A replace-mode table SIGKILLed mid-cycle and re-run holds exactly the source's bars: none lost, none twice."""
-    ws.tables = [
-        {
-            "name": "bars", "source": "k2.bars", "target": "cold.bars", "layer": "gold", "cursor": ["window_start"],
-            "partition_by": ["month(window_start)"], "mode": "replace", "replace_lookback": "10m", "max_window": "20m",
-        }
-    ]  # fmt: skip
-    ws.create_trades()
-    ws.engine.command(
-        "CREATE VIEW k2.bars AS SELECT toStartOfMinute(exchange_timestamp) AS window_start, symbol, "
-        "count() AS trades, sum(quantity) AS volume FROM k2.trades GROUP BY window_start, symbol"
-    )
+    ws.tables = [bars_table(replace_lookback="10m", max_window="20m")]
+    create_bars(ws)
     ws.engine.command(
         "INSERT INTO k2.trades SELECT now64(3, 'UTC') - toIntervalSecond(number * 3), now64(6, 'UTC') - toIntervalSecond(number * 3), "
         "number, ['BTC-USDT', 'ETH-USDT', 'SOL-USDT'][number % 3 + 1], 'buy', 1, toDecimal64(number, 8) FROM numbers(1200)"
