@@ -60,6 +60,10 @@ class App:
         if config.data_dir is not None:
             config.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = structlog.get_logger("offloader")
+        if config.catalog.warehouse.startswith("s3") and "s3.region" not in config.catalog.properties:
+            self.log.warning(
+                "s3_region_unset", hint="set catalog.s3.region (or AWS_REGION): without it every start looks the region up"
+            )
         self.state = StateStore(config.state)
         self.state.migrate()
         self.sink = Sink(config.catalog)

@@ -1,16 +1,18 @@
-"""offloader on real object storage and a real REST catalog (SeaweedFS): how credentials reach it.
+"""offloader on real object storage and a real REST catalog (SeaweedFS): what only S3 shows.
 
-The rest of the suite runs its storage-marked tests on every set-up; these tests check what
-only a deployment on S3 shows: the credential patterns that a deployment uses, from the
-environment as a container gets them.
+The rest of the suite runs its storage-marked tests on every set-up; these check what a
+deployment on S3 meets: the credential patterns it uses (from the environment, as a
+container gets them), the region, and the engines that read through the REST catalog.
 """
 
 from __future__ import annotations
 
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from conftest import Workspace, clean_env, trades_table
+from conftest import Workspace, clean_env, dedent, trades_table
 from test_offload import assert_exact
 
 
@@ -70,3 +72,34 @@ def test_the_cold_tier_is_read_through_the_rest_catalog_by_duckdb_and_clickhouse
         f"SELECT toUnixTimestamp64Micro(ingestion_timestamp), sequence_number FROM cold_rest.`{namespace}.trades`"
     )
     assert sorted(rows) == expected
+
+
+def test_an_s3_warehouse_on_aws_without_a_region_is_warned_about(tmp_path: Path) -> None:
+    """On AWS (no s3.endpoint) without s3.region or AWS_REGION, a start warns once that every start looks the region up."""
+    config = tmp_path / "offloader.toml"
+    config.write_text(
+        dedent(
+            f"""
+            [source]
+            dsn = "chdb://{tmp_path / "clickhouse"}"
+            [catalog]
+            uri = "sqlite:///{tmp_path / "catalog.db"}"
+            warehouse = "s3://cold/warehouse"
+            [state]
+            dsn = "sqlite:///{tmp_path / "state.db"}"
+            [logging]
+            format = "json"
+            [[tables]]
+            name = "trades"
+            source = "k2.trades"
+            target = "cold.trades"
+            cursor = ["ingestion_timestamp"]
+            """
+        )
+    )
+    command = [sys.executable, "-m", "offloader", "--config", str(config), "history"]
+    quiet = subprocess.run(command, capture_output=True, text=True, env=clean_env(AWS_REGION="eu-west-1"), cwd=tmp_path)
+    warned = subprocess.run(command, capture_output=True, text=True, env=clean_env(), cwd=tmp_path)
+    assert quiet.returncode == warned.returncode == 0, warned.stderr
+    assert warned.stderr.count('"event": "s3_region_unset"') == 1 and "catalog.s3.region" in warned.stderr
+    assert "s3_region_unset" not in quiet.stderr
