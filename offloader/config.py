@@ -111,7 +111,7 @@ class SourceConfig:
     @property
     def display_dsn(self) -> str:
         """The DSN as safe to show: no password ever."""
-        return _redact(self.dsn)
+        return redact(self.dsn)
 
 
 # Catalog and FileIO properties that carry a secret. They never come from the config file:
@@ -154,7 +154,7 @@ class StateConfig:
 
     @property
     def display_dsn(self) -> str:
-        return _redact(self.dsn)
+        return redact(self.dsn)
 
 
 @dataclass(frozen=True)
@@ -293,7 +293,8 @@ def connection_url(dsn: str, password: Secret | None) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def _redact(dsn: str) -> str:
+def redact(dsn: str) -> str:
+    """A DSN or URI as safe to show: its password replaced by ***."""
     parts = urlsplit(dsn)
     if parts.password is None:
         return dsn

@@ -17,7 +17,10 @@ variable of the raising frame, so that a test can show no traceback in the logs 
 - ``source_connect``: the HTTP engine's connection arguments hold the ClickHouse password
   (reached when a table run first needs the source);
 - ``state_connect``: the state store's connection URL holds the PostgreSQL password
-  (reached when the process starts).
+  (reached when the process starts);
+- ``catalog_connect``: the Iceberg catalog's properties hold the catalog password, the S3
+  secret key and the REST credential, revealed (reached when the process starts, before the
+  catalog is connected to).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ POINTS = ("after_read", "after_write", "after_commit", "after_state")
 ENV = "OFFLOADER_KILL_AT"
 LOSE_REPLY_ENV = "OFFLOADER_LOSE_COMMIT_REPLY"
 FAULT_ENV = "OFFLOADER_FAULT"
-FAIL_POINTS = ("source_connect", "state_connect")
+FAIL_POINTS = ("source_connect", "state_connect", "catalog_connect")
 _seen: Counter[str] = Counter()
 
 

@@ -7,15 +7,21 @@ transaction as the first rows that need it, and its data files written first and
 together as ONE snapshot whose summary carries the marker (cursor, run id, commit id,
 source row count).
 
-Commit errors are translated once: :class:`CommitConflictError` when another writer got
-there first (nothing of ours landed), :class:`CommitUnknownError` when the outcome cannot be
-known from the reply (settle it with :meth:`SinkTable.find_commit`, never by retrying).
+Library errors are translated once, here: :class:`AuthenticationError` when the catalog or
+the object storage refused offloader's credentials (REST 401/403 and OAuth errors, S3
+AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch; never retried), else
+:class:`CatalogError`. At commit: :class:`CommitConflictError` when another writer got there
+first (nothing of ours landed), :class:`AuthenticationError` when the commit was refused
+(nothing landed either), :class:`CommitUnknownError` for any other failure, whose outcome
+cannot be known from the reply (a 5xx, a reset: settle it with :meth:`SinkTable.find_commit`,
+never by retrying).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 import uuid
 from collections import deque
@@ -26,14 +32,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from offloader.config import CatalogConfig, TableConfig, connection_url, partition_transform
+from offloader.config import CatalogConfig, TableConfig, connection_url, partition_transform, redact
 from offloader.errors import (
+    AuthenticationError,
     CatalogError,
     CommitConflictError,
     CommitUnknownError,
+    OffloaderError,
     SchemaError,
     first_line,
 )
+from offloader.faults import fail
 
 CURSOR_KEY = "offloader.cursor"
 RUN_KEY = "offloader.run-id"
@@ -99,6 +108,55 @@ def _catalog_properties(config: CatalogConfig) -> dict[str, str]:
     return props
 
 
+# How object storage says it refused the credentials: S3's error codes, as the server sends
+# them (and botocore keeps them) and as PyArrow's AWS SDK names them in its messages.
+_S3_REFUSALS = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
+_S3_REFUSED = re.compile(
+    r"\b(AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|ACCESS_DENIED|INVALID_ACCESS_KEY_ID|SIGNATURE_DOES_NOT_MATCH)\b"
+)
+_BEARER_REFUSED = "Bearer token is invalid or expired"
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the errors it came from (``__cause__``, else ``__context__``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _refusal(exc: BaseException, properties: Mapping[str, Any]) -> AuthenticationError | None:
+    """An :class:`AuthenticationError` naming the server if ``exc``, or an error it came from,
+    says the catalog or the object storage refused the credentials; None otherwise.
+
+    ``properties`` are the catalog's (or a table FileIO's) properties, for the catalog URI and
+    the S3 endpoint; the message never holds a secret.
+    """
+    from pyiceberg.exceptions import ForbiddenError, OAuthError, RESTError, UnauthorizedError
+
+    for error in _chain(exc):
+        if isinstance(error, OAuthError | UnauthorizedError | ForbiddenError) or _BEARER_REFUSED in str(error):
+            kind = "Iceberg REST catalog" if properties.get("type") == "rest" else "Iceberg catalog"
+            where = f"the {kind} {redact(str(properties.get('uri', '')))}".rstrip()
+            return AuthenticationError(f"authentication failed at {where}: {first_line(error)}")
+        if isinstance(error, RESTError):
+            return None  # any other reply of the catalog (a 5xx naming its own storage's AccessDenied) is not ours
+        response = getattr(error, "response", None)  # botocore's ClientError, under s3fs's errors
+        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+        if code in _S3_REFUSALS or _S3_REFUSED.search(str(error)):
+            endpoint = properties.get("s3.endpoint")
+            where = f"the S3 endpoint {redact(str(endpoint))}" if endpoint else "S3"
+            return AuthenticationError(f"authentication failed at {where}: {first_line(exc)}")
+    return None
+
+
+def _failure(exc: BaseException, message: str, properties: Mapping[str, Any]) -> OffloaderError:
+    """The one error offloader raises for a library error: refused credentials, else a CatalogError."""
+    return _refusal(exc, properties) or CatalogError(f"{message}: {first_line(exc)}")
+
+
 class Sink:
     """The Iceberg catalog offloader writes into."""
 
@@ -106,22 +164,30 @@ class Sink:
         from pyiceberg.catalog import load_catalog
 
         self.config = config
+        properties = _catalog_properties(config)  # the secrets revealed: a local of this frame only
+        fail("catalog_connect")
         for attempt in range(3):
             try:
-                self.catalog = load_catalog(config.name, **_catalog_properties(config))
+                self.catalog = load_catalog(config.name, **properties)
                 break
             except Exception as exc:
+                refused = _refusal(exc, config.properties)
+                if refused is not None:
+                    raise refused from exc
                 # PyIceberg creates the SQL catalog's own tables check-then-create: two
                 # processes starting together on a new database can collide once.
                 if attempt == 2:
                     raise CatalogError(f"cannot open the Iceberg catalog {config.name!r}: {first_line(exc)}") from exc
                 time.sleep(0.2 * (attempt + 1))
 
+    def _failure(self, exc: BaseException, message: str) -> OffloaderError:
+        return _failure(exc, message, self.config.properties)
+
     def ping(self) -> None:
         try:
             self.catalog.list_namespaces()
         except Exception as exc:
-            raise CatalogError(f"the Iceberg catalog does not answer: {first_line(exc)}") from exc
+            raise self._failure(exc, "the Iceberg catalog does not answer") from exc
 
     def open(self, table: TableConfig, schema: Any, file_size: int | None = None) -> SinkTable:
         """Load the destination table, creating it (and its namespace) on first use."""
@@ -153,10 +219,10 @@ class Sink:
                     raise
                 created = self.catalog.load_table(identifier)
             return SinkTable(created, table)
-        except (SchemaError, CatalogError):
+        except OffloaderError:
             raise
         except Exception as exc:
-            raise CatalogError(f"cannot open Iceberg table {identifier}: {first_line(exc)}") from exc
+            raise self._failure(exc, f"cannot open Iceberg table {identifier}") from exc
 
     def load(self, identifier: str) -> Any | None:
         """The raw table if it exists (for status), else None."""
@@ -167,7 +233,7 @@ class Sink:
         except NoSuchTableError:
             return None
         except Exception as exc:
-            raise CatalogError(f"cannot load Iceberg table {identifier}: {first_line(exc)}") from exc
+            raise self._failure(exc, f"cannot load Iceberg table {identifier}") from exc
 
 
 def _partition_spec(table: TableConfig, schema: Any) -> Any:
@@ -214,6 +280,10 @@ class SinkTable:
         if writable:
             self._ensure_properties()
 
+    def _failure(self, exc: BaseException, message: str) -> OffloaderError:
+        """A library error as offloader raises it; the table's FileIO properties name its servers."""
+        return _failure(exc, message, _io_properties(self.table))
+
     def _ensure_properties(self) -> None:
         """Tables written by offloader never let PyIceberg retry a commit blindly."""
         props = self.table.metadata.properties
@@ -221,7 +291,7 @@ class SinkTable:
             try:
                 self.table = self.table.transaction().set_properties({"commit.retry.num-retries": "0"}).commit_transaction()
             except Exception as exc:
-                raise CatalogError(f"cannot set commit.retry.num-retries=0 on {self.config.target}: {first_line(exc)}") from exc
+                raise self._failure(exc, f"cannot set commit.retry.num-retries=0 on {self.config.target}") from exc
 
     @property
     def schema(self) -> Any:
@@ -231,7 +301,7 @@ class SinkTable:
         try:
             self.table = self.table.refresh()
         except Exception as exc:
-            raise CatalogError(f"cannot reload Iceberg table {self.config.target}: {first_line(exc)}") from exc
+            raise self._failure(exc, f"cannot reload Iceberg table {self.config.target}") from exc
 
     # -- the marker ----------------------------------------------------------------------
 
@@ -281,7 +351,7 @@ class SinkTable:
         try:
             listed = _list_files(self.table.io, folder)
         except Exception as exc:
-            raise CatalogError(f"cannot list the metadata files of {self.config.target}: {first_line(exc)}") from exc
+            raise self._failure(exc, f"cannot list the metadata files of {self.config.target}") from exc
         removed = 0
         for path in listed:
             if not path.endswith(".metadata.json") or path in keep:
@@ -299,7 +369,7 @@ class SinkTable:
         """:meth:`prune_uncommitted_metadata`, after a commit: a failure is logged, never fatal."""
         try:
             pruned = self.prune_uncommitted_metadata()
-        except CatalogError as exc:
+        except (CatalogError, AuthenticationError) as exc:  # a policy may allow writing but not listing
             log.warning("metadata_prune_failed", error=str(exc))
             return
         if pruned:
@@ -350,7 +420,7 @@ class SinkTable:
                     )
                 )  # fmt: skip
         except Exception as exc:
-            raise CatalogError(f"cannot list the data files of {self.config.target}: {first_line(exc)}") from exc
+            raise self._failure(exc, f"cannot list the data files of {self.config.target}") from exc
         return out
 
     def time_partition_of(self, time_column: str, micros: int) -> int | None:
@@ -372,7 +442,7 @@ class SinkTable:
             scan = ArrowScan(metadata, self.table.io, metadata.schema(), AlwaysTrue())
             yield from scan.to_record_batches([FileScanTask(entry.file)])
         except Exception as exc:
-            raise CatalogError(f"cannot read {entry.path} of {self.config.target}: {first_line(exc)}") from exc
+            raise self._failure(exc, f"cannot read {entry.path} of {self.config.target}") from exc
 
     def rewrite(
         self, old: list[DataFileEntry], tables: Iterable[pa.Table], props: Mapping[str, str], target_size: int
@@ -416,7 +486,9 @@ class SinkTable:
                 _delete_quietly(self.table.io, path)
             raise CommitConflictError(f"{self.config.target}: another writer committed first ({exc})") from exc
         except Exception as exc:
-            raise CommitUnknownError(f"{self.config.target}: commit outcome unknown: {first_line(exc)}") from exc
+            raise _refusal(exc, _io_properties(self.table)) or CommitUnknownError(
+                f"{self.config.target}: commit outcome unknown: {first_line(exc)}"
+            ) from exc
         return int(self.table.current_snapshot().snapshot_id), added
 
     def snapshots(self) -> list[Any]:
@@ -448,7 +520,7 @@ class SinkTable:
         except CommitFailedException as exc:
             raise CommitConflictError(f"{self.config.target}: another writer committed first ({exc})") from exc
         except Exception as exc:
-            raise CatalogError(f"{self.config.target}: expiring snapshots failed: {first_line(exc)}") from exc
+            raise self._failure(exc, f"{self.config.target}: expiring snapshots failed") from exc
 
     def referenced_files(self) -> set[str]:
         """Every file a snapshot or the metadata still refers to: metadata files, manifest
@@ -470,7 +542,7 @@ class SinkTable:
                 for entry in manifest.fetch_manifest_entry(io, discard_deleted=True):
                     refs.add(entry.data_file.file_path)
         except Exception as exc:
-            raise CatalogError(f"cannot read the manifests of {self.config.target}: {first_line(exc)}") from exc
+            raise self._failure(exc, f"cannot read the manifests of {self.config.target}") from exc
         return refs
 
     def all_files(self) -> list[tuple[str, float, int]]:
@@ -478,7 +550,7 @@ class SinkTable:
         try:
             return _walk_files(self.table.io, self.table.metadata.location)
         except Exception as exc:
-            raise CatalogError(f"cannot list the files of {self.config.target}: {first_line(exc)}") from exc
+            raise self._failure(exc, f"cannot list the files of {self.config.target}") from exc
 
     def delete_file(self, path: str) -> None:
         try:
@@ -486,7 +558,7 @@ class SinkTable:
         except FileNotFoundError:
             pass
         except Exception as exc:
-            raise CatalogError(f"cannot delete {path}: {first_line(exc)}") from exc
+            raise self._failure(exc, f"cannot delete {path}") from exc
 
     def scan_batches(self, columns: list[str], column: str, lo_micros: int, hi_micros: int) -> Iterator[pa.RecordBatch]:
         """Stream ``columns`` of the rows with ``lo <= column <= hi``."""
@@ -497,7 +569,7 @@ class SinkTable:
             reader = self.table.scan(row_filter=row_filter, selected_fields=tuple(columns)).to_arrow_batch_reader()
             yield from reader
         except Exception as exc:
-            raise CatalogError(f"cannot read {self.config.target}: {first_line(exc)}") from exc
+            raise self._failure(exc, f"cannot read {self.config.target}") from exc
 
     def row_count(self) -> int:
         snapshot = self.table.current_snapshot()
@@ -517,10 +589,10 @@ class SinkTable:
                     for change in changes:
                         change(update)
             return WindowWrite(self, tx, changes=len(changes))
-        except SchemaError:
+        except OffloaderError:
             raise
         except Exception as exc:
-            raise CatalogError(f"cannot start a transaction on {self.config.target}: {first_line(exc)}") from exc
+            raise self._failure(exc, f"cannot start a transaction on {self.config.target}") from exc
 
 
 class _RollingFiles:
@@ -735,7 +807,7 @@ class WindowWrite:
             for data_file in files.write(table):
                 self._add(data_file, source_rows)
         except Exception as exc:
-            raise CatalogError(f"writing data files for {self.owner.config.target} failed: {first_line(exc)}") from exc
+            raise self.owner._failure(exc, f"writing data files for {self.owner.config.target} failed") from exc
 
     def flush(self, *, source_rows: bool = True) -> None:
         """Close every open file of the source rows (or of the carried rows)."""
@@ -744,7 +816,7 @@ class WindowWrite:
             for data_file in files.finish():
                 self._add(data_file, source_rows)
         except Exception as exc:
-            raise CatalogError(f"writing data files for {self.owner.config.target} failed: {first_line(exc)}") from exc
+            raise self.owner._failure(exc, f"writing data files for {self.owner.config.target} failed") from exc
 
     def _add(self, data_file: Any, source_rows: bool) -> None:
         self.written.files.append(data_file)
@@ -772,12 +844,17 @@ class WindowWrite:
                 keep = rows.filter(pc.invert(pc.fill_null(inside, False)))
                 result.append((task.file, keep))
         except Exception as exc:
-            raise CatalogError(f"reading files to replace in {self.owner.config.target} failed: {first_line(exc)}") from exc
+            raise self.owner._failure(exc, f"reading files to replace in {self.owner.config.target} failed") from exc
         return result
 
     def commit(self, marker: Mapping[str, str], replace: Iterable[tuple[Any, pa.Table]] = ()) -> int:
-        """Commit the written files (and replaced files) as one snapshot carrying ``marker``."""
-        from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException
+        """Commit the written files (and replaced files) as one snapshot carrying ``marker``.
+
+        A conflict (409, or the SQL catalog's compare-and-swap missing) and a refusal of the
+        credentials (401/403) mean nothing landed; every other failure, a 5xx or a lost
+        connection included, leaves the outcome unknown: never taken for a conflict.
+        """
+        from pyiceberg.exceptions import CommitFailedException
 
         props = {k: str(v) for k, v in marker.items()}
         replace = list(replace)
@@ -791,16 +868,18 @@ class WindowWrite:
                     producer.delete_data_file(old)
                 for data_file in self.written.files:
                     producer.append_data_file(data_file)
-        except CatalogError:
+        except OffloaderError:
             raise
         except Exception as exc:
-            raise CatalogError(f"preparing the commit of {self.owner.config.target} failed: {first_line(exc)}") from exc
+            raise self.owner._failure(exc, f"preparing the commit of {self.owner.config.target} failed") from exc
         try:
             self.owner.table = self.tx.commit_transaction()
         except CommitFailedException as exc:
             raise CommitConflictError(f"{self.owner.config.target}: another writer committed first ({exc})") from exc
-        except (CommitStateUnknownException, Exception) as exc:
-            raise CommitUnknownError(f"{self.owner.config.target}: commit outcome unknown: {first_line(exc)}") from exc
+        except Exception as exc:  # CommitStateUnknownException, any other 5xx, a reset: unknown
+            raise _refusal(exc, self.io.properties) or CommitUnknownError(
+                f"{self.owner.config.target}: commit outcome unknown: {first_line(exc)}"
+            ) from exc
         snapshot = self.owner.table.current_snapshot()
         return int(snapshot.snapshot_id)
 
@@ -814,6 +893,11 @@ class WindowWrite:
             for path in files.abandon():
                 _delete_quietly(self.io, path)
         self.written = WrittenFiles(files=[])
+
+
+def _io_properties(table: Any) -> Mapping[str, Any]:
+    """The properties of a table's FileIO: the catalog's, with what the catalog vended for the table."""
+    return getattr(table.io, "properties", None) or {}
 
 
 def _as_int(value: Any) -> int | None:

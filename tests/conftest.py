@@ -115,7 +115,7 @@ class Workspace:
 
     root: Path
     pg_dsn: str
-    storage: Storage
+    storage: Storage = None  # type: ignore[assignment]  # local files and the SQL catalog unless given
     tables: list[dict[str, Any]] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=lambda: {"safety_lag": "0s", "max_window": "1h"})
     offload: dict[str, Any] = field(default_factory=dict)
@@ -126,6 +126,10 @@ class Workspace:
     secret_files: bool = True  # the storage's secrets as catalog.<name>_file keys; else the caller's environment gives them
     _engine: ChdbEngine | None = None
     _duckdb: Any = None
+
+    def __post_init__(self) -> None:
+        if self.storage is None:
+            self.storage = Storage(setup="local", pg_dsn=self.pg_dsn, root=self.root)
 
     @property
     def chdb_path(self) -> Path:
