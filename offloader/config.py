@@ -601,6 +601,9 @@ class _Validator:
             self.dsn_without_password("catalog.uri", props["uri"])
         secrets = self.catalog_secrets(s, props)
         self.object_storage(props, secrets)
+        timeout = props.get("rest.request-timeout")
+        if timeout is not None and not _positive_number(timeout):
+            self.problem("catalog.rest.request-timeout", timeout, "expected seconds a REST request may take, e.g. 60")
         if props.get("rest.sigv4-enabled") == "true" and not _importable("boto3"):
             self.problem(
                 "catalog.rest.sigv4-enabled",
@@ -868,6 +871,13 @@ def _shown(key: str, value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k!r}: {_shown(str(k), v)}" for k, v in value.items()) + "}"
     return "'***'" if _SECRET_WORDS.search(key) and not key.endswith("_file") else repr(value)
+
+
+def _positive_number(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 def _importable(module: str) -> bool:

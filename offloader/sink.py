@@ -157,6 +157,42 @@ def _failure(exc: BaseException, message: str, properties: Mapping[str, Any]) ->
     return _refusal(exc, properties) or CatalogError(f"{message}: {first_line(exc)}")
 
 
+REST_TIMEOUT = "rest.request-timeout"  # offloader's own property: seconds a REST call may take
+
+
+def _rest_catalog(name: str, properties: dict[str, str]) -> Any:
+    """PyIceberg's REST catalog with every HTTP request bounded in time.
+
+    PyIceberg 0.12 sends REST requests without a timeout, so a catalog that stops answering
+    would hang a cycle for ever. Each session it creates (its ``_create_session``, also used
+    for the config and token requests) gets adapters whose ``send`` defaults the timeout to
+    ``rest.request-timeout`` (60 s). A stalled commit then times out and is settled from the
+    snapshot history like any unknown outcome. tests/test_storage_faults.py stalls the REST
+    catalog and would hang, not pass, if an upgrade stopped calling ``_create_session``.
+    """
+    from pyiceberg.catalog.rest import RestCatalog
+
+    seconds = float(properties.get(REST_TIMEOUT, "60"))
+
+    class BoundedRestCatalog(RestCatalog):
+        def _create_session(self) -> Any:
+            session = super()._create_session()
+            for adapter in set(session.adapters.values()):
+                adapter.send = _bounded(adapter.send, seconds)  # type: ignore[method-assign]
+            return session
+
+    return BoundedRestCatalog(name, **properties)
+
+
+def _bounded(send: Any, seconds: float) -> Any:
+    def bounded_send(request: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = seconds
+        return send(request, *args, **kwargs)
+
+    return bounded_send
+
+
 class Sink:
     """The Iceberg catalog offloader writes into."""
 
@@ -168,7 +204,10 @@ class Sink:
         fail("catalog_connect")
         for attempt in range(3):
             try:
-                self.catalog = load_catalog(config.name, **properties)
+                if properties.get("type") == "rest":
+                    self.catalog = _rest_catalog(config.name, properties)
+                else:
+                    self.catalog = load_catalog(config.name, **properties)
                 break
             except Exception as exc:
                 refused = _refusal(exc, config.properties)

@@ -268,14 +268,17 @@ REST_BEFORE: dict[str, dict[str, Any]] = {
     "503": {"fault": "error_before", "status": 503},
     "504": {"fault": "error_before", "status": 504},
     "reset_mid_body": {"fault": "reset_mid_body"},
+    "stall": {"fault": "stall", "seconds": 900},  # past rest.request-timeout; unbounded, PyIceberg would wait it out
 }
 
 
 @pytest.mark.parametrize("storage", ["s3-rest"], indirect=True)
 @pytest.mark.parametrize("case", list(REST_BEFORE))
 def test_a_rest_commit_failing_before_it_lands_is_settled_as_not_landed(ws: Workspace, proxied: Proxies, case: str) -> None:
-    """A REST commit answered 5xx (or cut mid-request) without reaching the catalog is an unknown outcome, settled by the commit id as not landed: sent once, its files discarded, and the next cycle exact."""
+    """A REST commit answered 5xx, cut mid-request or stalled past the timeout without reaching the catalog is an unknown outcome, settled by the commit id as not landed: sent once, its files discarded, and the next cycle exact."""
     assert proxied.rest is not None
+    if case == "stall":
+        ws.storage.properties["rest.request-timeout"] = "2"
     app = seed(ws)
     before = len(ws.iceberg_table("cold.trades").snapshots())
     rule = proxied.rest.arm(method="POST", path_re=COMMIT, times=1, **REST_BEFORE[case])
