@@ -38,10 +38,10 @@ TABLE = (
 )
 
 
-# ClickHouse's Iceberg writer takes no LowCardinality or Enum columns: plain strings, as offloader writes them
+# ClickHouse's Iceberg writer takes no LowCardinality, Enum or Bool columns: strings and Int32 instead
 PEER_ROWS = (
     "SELECT exchange_timestamp, ingestion_timestamp, sequence_number, trade_id, CAST(symbol AS String) AS symbol, "
-    "CAST(side AS String) AS side, price, quantity, is_buyer_maker FROM k2.bronze_trades"
+    "CAST(side AS String) AS side, price, quantity, toInt32(is_buyer_maker) AS is_buyer_maker FROM k2.bronze_trades"
 )
 
 
