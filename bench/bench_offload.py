@@ -177,14 +177,18 @@ def main() -> None:
         "offloader_output": stdout.strip(),
         "cpu_count": os.cpu_count(),
     }
-    out = Path(args.out or ROOT / "bench" / "results" / f"offload-{args.rows}-{args.catalog}.json")
+    report(results, Path(args.out or ROOT / "bench" / "results" / f"offload-{args.rows}-{args.catalog}.json"))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(results: dict[str, object], out: Path) -> None:
+    """Write the figures as JSON to ``out`` and print them as a Markdown table."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print("| figure | value |\n|---|---|")
     for key, value in results.items():
         print(f"| {key} | {value:,} |" if isinstance(value, int | float) else f"| {key} | {value} |")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def warm_idle_cycle(config: Path) -> float:

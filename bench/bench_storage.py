@@ -16,7 +16,6 @@ Prints a Markdown table and writes JSON (default bench/results/storage-<rows>.js
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 
-from bench_offload import _reset_pg, seed  # noqa: E402
+from bench_offload import _reset_pg, report, seed  # noqa: E402
 from storage import ACCESS_KEY, SeaweedFS  # noqa: E402
 
 TABLE = (
@@ -148,12 +147,7 @@ def main() -> None:
             results[f"{setup}_vs_clickhouse_parquet_to_s3"] = round(results[f"{setup}_once_seconds"] / parquet, 2)
     finally:
         seaweed.stop()
-    out = Path(args.out or ROOT / "bench" / "results" / f"storage-{args.rows}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print("| figure | value |\n|---|---|")
-    for key, value in results.items():
-        print(f"| {key} | {value:,} |" if isinstance(value, int | float) else f"| {key} | {value} |")
+    report(results, Path(args.out or ROOT / "bench" / "results" / f"storage-{args.rows}.json"))
     shutil.rmtree(work, ignore_errors=True)
 
 

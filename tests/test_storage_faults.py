@@ -178,6 +178,20 @@ def assert_recovers(ws: Workspace, app: Any, proxies: Proxies) -> None:
     app.close()
 
 
+def assert_settled_not_landed(ws: Workspace, app: Any, proxies: Proxies, logs: Any, result: Any, before: int) -> None:
+    """An unknown commit outcome settled by its commit id as not landed (never taken for a conflict):
+    the table failed retryably, no snapshot was added, nothing stray is left, the next cycle is exact."""
+    (unknown,) = events(logs, "commit_unknown")
+    (settled,) = events(logs, "commit_settled")
+    assert settled["landed"] is False and settled["commit_id"] == unknown["commit_id"]
+    assert not events(logs, "commit_conflict"), "an unknown outcome is never taken for a conflict"
+    assert result.outcome == "failed" and "the commit did not land" in result.reason and result.error.retryable
+    assert len(ws.iceberg_table("cold.trades").snapshots()) == before
+    assert_sound(ws)
+    assert_no_stray_data(ws)
+    assert_recovers(ws, app, proxies)
+
+
 # -- A. faults on the storage path ----------------------------------------------------------
 
 
@@ -252,14 +266,7 @@ def test_a_failed_metadata_write_of_the_sql_catalog_is_settled_as_not_landed(
     rule = proxied.s3.arm(**SQL_METADATA[moment])
     result, logs = cycle(app)
     assert rule.hits >= 3
-    (unknown,) = events(logs, "commit_unknown")
-    (settled,) = events(logs, "commit_settled")
-    assert settled["landed"] is False and settled["commit_id"] == unknown["commit_id"]
-    assert result.outcome == "failed" and "the commit did not land" in result.reason and result.error.retryable
-    assert len(ws.iceberg_table("cold.trades").snapshots()) == before
-    assert_sound(ws)
-    assert_no_stray_data(ws)
-    assert_recovers(ws, app, proxied)
+    assert_settled_not_landed(ws, app, proxied, logs, result, before)
 
 
 REST_BEFORE: dict[str, dict[str, Any]] = {
@@ -285,15 +292,7 @@ def test_a_rest_commit_failing_before_it_lands_is_settled_as_not_landed(ws: Work
     result, logs = cycle(app)
     assert rule.hits == 1
     assert len(proxied.rest.requests("POST", COMMIT)) == 2, "the first window's commit and this one, never sent again blindly"
-    (unknown,) = events(logs, "commit_unknown")
-    (settled,) = events(logs, "commit_settled")
-    assert settled["landed"] is False and settled["commit_id"] == unknown["commit_id"]
-    assert not events(logs, "commit_conflict"), "an unknown outcome is never taken for a conflict"
-    assert result.outcome == "failed" and "the commit did not land" in result.reason and result.error.retryable
-    assert len(ws.iceberg_table("cold.trades").snapshots()) == before
-    assert_sound(ws)
-    assert_no_stray_data(ws)
-    assert_recovers(ws, app, proxied)
+    assert_settled_not_landed(ws, app, proxied, logs, result, before)
 
 
 REST_AFTER: dict[str, dict[str, Any]] = {
