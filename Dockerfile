@@ -2,6 +2,7 @@
 # offloader: ClickHouse -> Apache Iceberg, exactly once. docs/container.md describes the image.
 #
 #   docker build -t offloader .
+#   docker build --build-arg VARIANT=slim -t offloader:slim .   # without the embedded engine (chDB)
 #   docker run --rm -p 9108:9108 -v "$PWD/my.toml:/etc/offloader/offloader.toml:ro" \
 #     -e OFFLOADER__SOURCE__PASSWORD=... offloader --config /etc/offloader/offloader.toml run
 
@@ -18,15 +19,17 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/offloader
 WORKDIR /src
 
-# Dependencies first, from pyproject.toml alone (a placeholder package), so that this layer is
-# reused while only offloader's own code changes.
-COPY pyproject.toml README.md ./
+# Dependencies first, from pyproject.toml alone (a placeholder package and README), so that this
+# layer is reused while only offloader's own code or its README changes.
+COPY pyproject.toml ./
 RUN mkdir offloader \
  && echo '__version__ = "0"' > offloader/__init__.py \
+ && : > README.md \
  && /opt/offloader/bin/pip install . \
  && /opt/offloader/bin/pip uninstall -y offloader \
- && rm -rf offloader build ./*.egg-info
+ && rm -rf offloader build ./*.egg-info README.md
 
+COPY README.md ./
 COPY offloader/ offloader/
 COPY catalog/ catalog/
 # The state schema (catalog/*.sql) lives outside the Python package; state.py also looks for it
@@ -40,12 +43,28 @@ RUN /opt/offloader/bin/pip install --no-deps . \
  && /opt/offloader/bin/python -I -c 'import offloader.cli, offloader.server; from offloader.state import schema_files; assert schema_files()' \
  && /opt/offloader/bin/offloader --version
 
+# VARIANT=slim: without the embedded ClickHouse engine, for a remote ClickHouse (an http(s)://
+# source): chDB and what only it needs (pandas, numpy) are removed, about two thirds of the
+# virtualenv. A chdb:// source, `offloader check` and the daily consistency check need chDB and
+# say so in the slim image (docs/container.md). Declared here, after the dependency layers, so
+# that both variants share them.
+ARG VARIANT=full
+RUN case "$VARIANT" in \
+      full) ;; \
+      slim) /opt/offloader/bin/pip uninstall -y chdb chdb-core pandas numpy \
+         && cd / && /opt/offloader/bin/python -I -c 'import offloader.cli, offloader.server, offloader.app, clickhouse_connect, pyiceberg.io.pyarrow' \
+         && if /opt/offloader/bin/python -I -c 'import chdb' 2>/dev/null; then echo "chdb is still importable" >&2; exit 1; fi ;; \
+      *) echo "VARIANT=$VARIANT: expected full or slim" >&2; exit 1 ;; \
+    esac
+
 # ---------------------------------------------------------------------------------------------
 # runtime: the virtualenv on a clean slim image, run as an unprivileged user.
 FROM ${PYTHON_IMAGE} AS runtime
 
+ARG VARIANT=full
 LABEL org.opencontainers.image.title="offloader" \
-      org.opencontainers.image.description="Keeps a cold tier of Apache Iceberg tables exact and complete from ClickHouse."
+      org.opencontainers.image.description="Keeps a cold tier of Apache Iceberg tables exact and complete from ClickHouse." \
+      offloader.variant="${VARIANT}"
 
 ENV PATH=/opt/offloader/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

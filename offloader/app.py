@@ -21,7 +21,7 @@ import structlog
 from offloader import consistency, maintenance, rewind
 from offloader import source as source_mod
 from offloader.config import Config, TableConfig
-from offloader.errors import InternalError, OffloaderError
+from offloader.errors import ConfigError, InternalError, OffloaderError
 from offloader.maintenance import MaintenanceObserver
 from offloader.offload import Observer, TableOffload, TableResult
 from offloader.sink import Sink, SinkTable
@@ -57,6 +57,10 @@ class App:
 
     def __init__(self, config: Config, *, engine: source_mod.Engine | None = None) -> None:
         self.config = config
+        if engine is None and config.source.embedded and not source_mod.embedded_engine_available():
+            raise ConfigError(
+                f"source.dsn = {config.source.display_dsn!r} needs the embedded ClickHouse engine: {source_mod.NO_EMBEDDED_ENGINE}"
+            )
         if config.data_dir is not None:
             config.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = structlog.get_logger("offloader")

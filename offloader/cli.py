@@ -296,6 +296,10 @@ def _since(text: str | None) -> str | None:
 
 
 def _check(app: Any, table: str | None, since: str | None, repair: bool) -> int:
+    from offloader.source import NO_EMBEDDED_ENGINE, embedded_engine_available
+
+    if not embedded_engine_available():
+        raise ConfigError(f"check needs the embedded ClickHouse engine for Iceberg's checksums: {NO_EMBEDDED_ENGINE}")
     tables = [app.config.table(table)] if table else None
     bad = 0
     for r in app.check(tables, since=_since(since), repair=repair, stop=_stop_on_signals()):

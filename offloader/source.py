@@ -14,6 +14,7 @@ share one timestamp always fall into the same window.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from offloader.config import SourceConfig
-from offloader.errors import AuthenticationError, OffloaderError, SchemaError, SourceError, first_line
+from offloader.errors import AuthenticationError, ConfigError, OffloaderError, SchemaError, SourceError, first_line
 from offloader.faults import fail
 
 # ClickHouse error codes of a refused login: UNKNOWN_USER, WRONG_PASSWORD, REQUIRED_PASSWORD,
@@ -57,10 +58,21 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+# Why something that needs chDB cannot run, after "... needs the embedded ClickHouse engine: ".
+NO_EMBEDDED_ENGINE = "chDB is not installed here (the slim image leaves it out); use the full image or `pip install chdb`"
+
+
+def embedded_engine_available() -> bool:
+    """Whether chDB, the embedded ClickHouse engine, is installed (the slim image has none)."""
+    return importlib.util.find_spec("chdb") is not None
+
+
 class ChdbEngine:
     """The ClickHouse engine embedded in this process (chDB) on a data directory."""
 
     def __init__(self, path: str) -> None:
+        if not embedded_engine_available():
+            raise ConfigError(f"source.dsn = 'chdb://{path}' needs the embedded ClickHouse engine: {NO_EMBEDDED_ENGINE}")
         import chdb
 
         self.path = path
@@ -123,6 +135,10 @@ def local_arrow_rows(sql: str, arrow_input: pa.Table) -> list[tuple[Any, ...]]:
     Used to compute on the Iceberg side exactly what the source computes (checksums). chDB
     runs one embedded server per process, on the data directory it was first opened with.
     """
+    if not embedded_engine_available():
+        raise SourceError(
+            f"the consistency check needs the embedded ClickHouse engine for Iceberg's checksums: {NO_EMBEDDED_ENGINE}"
+        )
     import chdb
 
     paths = _EMBEDDED_PATH[-1:] or [":memory:"]
