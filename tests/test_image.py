@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import PG_DSN, ROOT, TRADES_DDL, _pg_admin, _toml, _toml_key, trades_table
-from storage import SeaweedFS, Storage, free_port
+from storage import SeaweedFS, Storage, free_port, stop_process
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 
@@ -114,13 +114,7 @@ class ClickHouse:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=30)
 
     @property
     def dsn(self) -> str:
