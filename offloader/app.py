@@ -24,6 +24,7 @@ from offloader.config import Config, TableConfig
 from offloader.errors import ConfigError, InternalError, OffloaderError
 from offloader.maintenance import MaintenanceObserver
 from offloader.offload import Observer, TableOffload, TableResult
+from offloader.ports import Engine
 from offloader.sink import Sink, SinkTable
 from offloader.source import Cursor, Source, parse_time
 from offloader.state import RunRecord, StateStore
@@ -55,7 +56,7 @@ class TableStatus:
 class App:
     """offloader wired from one Config."""
 
-    def __init__(self, config: Config, *, engine: source_mod.Engine | None = None) -> None:
+    def __init__(self, config: Config, *, engine: Engine | None = None) -> None:
         self.config = config
         if engine is None and config.source.embedded and not source_mod.embedded_engine_available():
             raise ConfigError(
@@ -76,7 +77,7 @@ class App:
         self._engine_lock = threading.Lock()
 
     @property
-    def engine(self) -> source_mod.Engine:
+    def engine(self) -> Engine:
         with self._engine_lock:
             if self._engine is None:
                 self._engine = source_mod.connect(self.config.source)

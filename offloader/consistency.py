@@ -32,8 +32,9 @@ from offloader.config import Config, TableConfig
 from offloader.errors import ConfigError, InternalError, OffloaderError, ShutdownRequested
 from offloader.maintenance import ActionResult, MaintenanceObserver, audit
 from offloader.offload import TableOffload, TableResult
+from offloader.ports import Engine
 from offloader.sink import Sink, SinkTable
-from offloader.source import Engine, Source, from_micros, local_arrow_rows, micros, quote
+from offloader.source import Source, from_micros, local_arrow_rows, micros, quote
 
 MASK = 2**64 - 1
 BATCH_ROWS = 1_000_000

@@ -32,7 +32,8 @@ import structlog
 
 from offloader.config import Config, TableConfig
 from offloader.errors import CatalogError, CommitConflictError, InternalError, OffloaderError, ShutdownRequested
-from offloader.sink import DataFileEntry, Sink, SinkTable
+from offloader.ports import DataFileEntry
+from offloader.sink import Sink, SinkTable
 from offloader.source import micros
 from offloader.state import AuditRecord, StateStore
 

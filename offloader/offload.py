@@ -46,8 +46,9 @@ from offloader.errors import (
     WindowMismatchError,
 )
 from offloader.faults import checkpoint, reply_lost
-from offloader.sink import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, Marker, Sink, SinkTable, WindowWrite
-from offloader.source import Cursor, Engine, Source, Window, format_time, micros, parse_time, read_ahead
+from offloader.ports import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, Engine, Marker
+from offloader.sink import Sink, SinkTable, WindowWrite
+from offloader.source import Cursor, Source, Window, format_time, micros, parse_time, read_ahead
 from offloader.state import RunRecord, StateStore
 
 

@@ -25,8 +25,9 @@ from offloader.config import Config, TableConfig
 from offloader.errors import ConfigError, LockBusyError, OffloaderError
 from offloader.maintenance import ActionResult, MaintenanceObserver, audit
 from offloader.offload import TableOffload, TableResult
-from offloader.sink import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, Sink
-from offloader.source import Engine, format_time, micros, parse_time
+from offloader.ports import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, Engine
+from offloader.sink import Sink
+from offloader.source import format_time, micros, parse_time
 
 FAR_FUTURE = "2261-12-31 23:59:59.999999999"
 

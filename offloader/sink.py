@@ -26,7 +26,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -43,12 +42,8 @@ from offloader.errors import (
     first_line,
 )
 from offloader.faults import fail
+from offloader.ports import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, DataFileEntry, Marker, WrittenFiles
 
-CURSOR_KEY = "offloader.cursor"
-RUN_KEY = "offloader.run-id"
-COMMIT_KEY = "offloader.commit-id"
-ROWS_KEY = "offloader.source-rows"
-HI_KEY = "offloader.window-hi"
 TABLE_PROPERTIES = {
     "format-version": "2",
     "write.parquet.compression-codec": "zstd",
@@ -57,43 +52,6 @@ TABLE_PROPERTIES = {
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "100",
 }
-
-
-@dataclass(frozen=True)
-class Marker:
-    """The progress marker of the last offloader commit in a table's snapshot lineage."""
-
-    cursor: list[Any]
-    run_id: str
-    commit_id: str
-    snapshot_id: int
-    source_rows: int
-    window_hi: str | None = None
-
-
-@dataclass(frozen=True)
-class DataFileEntry:
-    """One live data file of a table, as maintenance sees it."""
-
-    file: Any  # PyIceberg's DataFile
-    path: str
-    partition: str  # a printable, comparable key of (spec, partition values)
-    spec_id: int
-    size: int
-    rows: int
-    time_lower: int | None  # bounds of the time column, microseconds
-    time_upper: int | None
-    time_partition: int | None  # the value of a time transform of the time column, if the spec has one
-    has_deletes: bool
-
-
-@dataclass
-class WrittenFiles:
-    """Data files written for one window, not yet committed."""
-
-    files: list[Any]
-    rows: int = 0
-    bytes: int = 0
 
 
 def _catalog_properties(config: CatalogConfig) -> dict[str, str]:

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -28,6 +28,7 @@ import pyarrow as pa
 from offloader.config import SourceConfig
 from offloader.errors import AuthenticationError, ConfigError, OffloaderError, SchemaError, SourceError, first_line
 from offloader.faults import fail
+from offloader.ports import Engine
 
 # ClickHouse error codes of a refused login: UNKNOWN_USER, WRONG_PASSWORD, REQUIRED_PASSWORD,
 # AUTHENTICATION_FAILED. Trying again with the same credentials cannot help. (ACCESS_DENIED, 497,
@@ -47,15 +48,6 @@ def strip_wrappers(ch_type: str) -> str:
     """``LowCardinality(X)`` → ``X``; used for the types of query parameters."""
     match = re.match(r"^LowCardinality\((.*)\)$", ch_type)
     return match.group(1) if match else ch_type
-
-
-class Engine(Protocol):
-    """What the offload needs from a ClickHouse connection."""
-
-    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]: ...
-    def command(self, sql: str, params: dict[str, Any] | None = None) -> None: ...
-    def stream(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]: ...
-    def close(self) -> None: ...
 
 
 # Why something that needs chDB cannot run, after "... needs the embedded ClickHouse engine: ".

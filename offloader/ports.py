@@ -1,0 +1,97 @@
+"""The contract between the table operations and the adapters behind them.
+
+The operations (offload, maintain, check, repair, reset) depend on this module only, never
+on a concrete adapter: the value types a marker and a data file are described by, the keys
+of the marker in a snapshot summary, and one :class:`typing.Protocol` per adapter:
+
+- :class:`Engine`: a ClickHouse connection (``clickhouse``: chDB or HTTP);
+- :class:`Sink`, :class:`SinkTable` and :class:`WindowWrite`: the Iceberg catalog, one
+  destination table, and the open write of one window (``iceberg``);
+- :class:`StateStore`: the watermark mirror, run history, audit log and runner locks
+  (``state``).
+
+The composition root (``app``) builds the concrete adapters and hands them over as these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from offloader.state import AuditRecord, Mirror, RunRecord
+
+# The keys of the offload marker in a snapshot summary.
+CURSOR_KEY = "offloader.cursor"
+RUN_KEY = "offloader.run-id"
+COMMIT_KEY = "offloader.commit-id"
+ROWS_KEY = "offloader.source-rows"
+HI_KEY = "offloader.window-hi"
+
+
+@dataclass(frozen=True)
+class Marker:
+    """The progress marker of the last offloader commit in a table's snapshot lineage."""
+
+    cursor: list[Any]
+    run_id: str
+    commit_id: str
+    snapshot_id: int
+    source_rows: int
+    window_hi: str | None = None
+
+
+@dataclass(frozen=True)
+class DataFileEntry:
+    """One live data file of a table, as maintenance sees it."""
+
+    file: Any  # the catalog library's own data file object, opaque outside the adapter
+    path: str
+    partition: str  # a printable, comparable key of (spec, partition values)
+    spec_id: int
+    size: int
+    rows: int
+    time_lower: int | None  # bounds of the time column, microseconds
+    time_upper: int | None
+    time_partition: int | None  # the value of a time transform of the time column, if the spec has one
+    has_deletes: bool
+
+
+@dataclass
+class WrittenFiles:
+    """Data files written for one window, not yet committed."""
+
+    files: list[Any]
+    rows: int = 0
+    bytes: int = 0
+
+
+class Engine(Protocol):
+    """What the operations need from a ClickHouse connection."""
+
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]: ...
+    def command(self, sql: str, params: dict[str, Any] | None = None) -> None: ...
+    def stream(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]: ...
+    def close(self) -> None: ...
+
+
+class StateStore(Protocol):
+    """The watermark mirror, run history, maintenance audit log and per-table runner locks."""
+
+    def mirror(self, table: str) -> Mirror | None: ...
+    def mirrors(self) -> dict[str, Mirror]: ...
+    def set_mirror(
+        self, table: str, target: str, cursor: list[Any] | None, snapshot_id: int | None, run_id: str | None
+    ) -> None: ...
+    def delete_mirror(self, table: str) -> None: ...
+    def record_run(self, run: RunRecord) -> None: ...
+    def runs(self, table: str | None = None, limit: int = 20) -> list[RunRecord]: ...
+    def last_runs(self) -> dict[str, RunRecord]: ...
+    def prune_runs(self, older_than: float) -> int: ...
+    def record_audit(self, record: AuditRecord) -> None: ...
+    def audits(self, table: str | None = None, action: str | None = None, limit: int = 50) -> list[AuditRecord]: ...
+    def lock(self, table: str, wait: float = 0.0) -> AbstractContextManager[bool]: ...
