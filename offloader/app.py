@@ -11,20 +11,21 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from offloader import consistency, maintenance, rewind
+from offloader import consistency, maintenance, reset
 from offloader import source as source_mod
 from offloader.config import Config, TableConfig
 from offloader.errors import ConfigError, InternalError, OffloaderError
-from offloader.maintenance import MaintenanceObserver
-from offloader.offload import Observer, TableOffload, TableResult
+from offloader.job import TableJob
+from offloader.offload import Offload
 from offloader.ports import Engine
+from offloader.results import ActionResult, Observer, TableResult
 from offloader.sink import Sink, SinkTable
 from offloader.source import Cursor, Source, parse_time
 from offloader.state import RunRecord, StateStore
@@ -89,6 +90,16 @@ class App:
         self._engine = None
         self.state.close()
 
+    def job(
+        self, table: TableConfig, *, observer: Observer | None = None, stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> TableJob:  # fmt: skip
+        """What one operation on ``table`` needs, wired from this app's adapters."""
+        return TableJob(
+            table, self.config, lambda: self.engine, self.sink, self.state,
+            observer=observer or Observer(), stop=stop or threading.Event(), clock=clock,
+        )  # fmt: skip
+
     # -- running ---------------------------------------------------------------------------
 
     def run_table(self, table: TableConfig, observer: Observer | None = None, stop: threading.Event | None = None) -> TableResult:
@@ -117,7 +128,7 @@ class App:
         credentials, the state store failing, a bug) is recorded as a failed run all the same."""
         started = time.time()
         try:
-            return TableOffload(table, self.config, self.engine, self.sink, self.state, observer=observer, stop=stop).run()
+            return Offload(self.job(table, observer=observer, stop=stop)).run()
         except OffloaderError as exc:
             error: OffloaderError = exc
             failed = TableResult(table.name, uuid.uuid4().hex, "failed", error=error, reason=str(error).splitlines()[0])
@@ -208,34 +219,32 @@ class App:
 
     def maintain(
         self, tables: Iterable[TableConfig] | None = None, *, dry_run: bool = False,
-        observer: MaintenanceObserver | None = None, stop: threading.Event | None = None,
+        observer: Observer | None = None, stop: threading.Event | None = None,
         actions: tuple[str, ...] = maintenance.ACTIONS,
-    ) -> list[maintenance.ActionResult]:  # fmt: skip
+    ) -> list[ActionResult]:  # fmt: skip
         """Compaction, snapshot expiry and orphan removal of every table (or of ``tables``)."""
         results = []
         for table in tables if tables is not None else self.config.ordered_tables():
             if stop is not None and stop.is_set():
                 break
-            work = maintenance.TableMaintenance(table, self.config, self.sink, self.state, observer=observer, stop=stop)
-            results += work.run(actions, dry_run=dry_run)
+            results += maintenance.Maintenance(self.job(table, observer=observer, stop=stop)).run(actions, dry_run=dry_run)
         return results
 
     def check(
         self, tables: Iterable[TableConfig] | None = None, *, since: str | None = None, repair: bool = False,
-        observer: MaintenanceObserver | None = None, stop: threading.Event | None = None,
+        observer: Observer | None = None, stop: threading.Event | None = None,
     ) -> list[consistency.CheckResult]:  # fmt: skip
         """Compare ClickHouse and Iceberg per time bucket; repair the differing buckets when asked."""
         results = []
         for table in tables if tables is not None else self.config.ordered_tables():
             if stop is not None and stop.is_set():
                 break
-            check = consistency.TableCheck(table, self.config, self.engine, self.sink, self.state, observer=observer, stop=stop)
-            results.append(check.run(since, repair))
+            results.append(consistency.Check(self.job(table, observer=observer, stop=stop)).run(since, repair))
         return results
 
-    def reset(self, table: TableConfig, to: str, observer: MaintenanceObserver | None = None) -> rewind.ResetResult:
+    def reset(self, table: TableConfig, to: str, observer: Observer | None = None) -> reset.ResetResult:
         """Move the table's cursor back to ``to`` in one commit (rows after it are deleted from Iceberg)."""
-        return rewind.TableReset(table, self.config, self.engine, self.sink, self.state, observer=observer).run(to)
+        return reset.Reset(self.job(table, observer=observer)).run(to)
 
     def ttl_headroom(self, table: TableConfig, cursor: list[Any] | None) -> float | None:
         """Seconds before the source TTL deletes the oldest row not offloaded yet (None without a TTL)."""

@@ -21,7 +21,7 @@ from typing import Any
 from offloader import __version__, log
 from offloader.config import Config, TableConfig, load_config
 from offloader.errors import ConfigError, OffloaderError
-from offloader.offload import Observer, TableResult
+from offloader.results import Observer, TableResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 

@@ -18,23 +18,18 @@ nothing to do.
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import structlog
 
-from offloader.config import Config, TableConfig
-from offloader.errors import ConfigError, InternalError, OffloaderError, ShutdownRequested
-from offloader.maintenance import ActionResult, MaintenanceObserver, audit
-from offloader.offload import TableOffload, TableResult
-from offloader.ports import Engine
-from offloader.sink import Sink, SinkTable
+from offloader.errors import ConfigError, OffloaderError
+from offloader.job import TableJob, finish_action, guarded
+from offloader.results import ActionResult
+from offloader.sink import SinkTable
 from offloader.source import Source, from_micros, local_arrow_rows, micros, quote
+from offloader.window import Windows
 
 MASK = 2**64 - 1
 BATCH_ROWS = 1_000_000
@@ -103,65 +98,42 @@ def canonical(field_type: Any, column: str) -> str:
     return f"ifNull(toString({expr}), ''), isNull({name})"
 
 
-class TableCheck:
+class Check:
     """Compares one table's cold copy with ClickHouse; repairs the buckets that differ."""
 
-    def __init__(
-        self,
-        table: TableConfig,
-        config: Config,
-        engine: Engine,
-        sink: Sink,
-        state: Any,
-        *,
-        observer: MaintenanceObserver | None = None,
-        stop: threading.Event | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.table = table
-        self.config = config
-        self.engine = engine
-        self.sink = sink
-        self.state = state
-        self.observer = observer or MaintenanceObserver()
-        self.stop = stop or threading.Event()
-        self.clock = clock
-        self.bucket_us = int(config.maintenance.check_bucket * 1_000_000)
-        self.log = structlog.get_logger("offloader").bind(table=table.name)
+    def __init__(self, job: TableJob) -> None:
+        self.job = job
+        self.table = job.table
+        self.bucket_us = int(job.config.maintenance.check_bucket * 1_000_000)
+        self.log = job.log
 
     def run(self, since: str | None = None, repair: bool = False) -> CheckResult:
         result = CheckResult(self.table.name)
-        started = self.clock()
-        with self.state.lock(self.table.name, wait=self.config.maintenance.lock_wait) as taken:
-            if not taken:
-                result.outcome, result.detail = "skipped", "another runner held the table's lock past maintenance.lock_wait"
-            else:
-                try:
-                    self._compare(result, since)
-                    if repair and result.differing:
-                        self._repair(result)
-                except ShutdownRequested as exc:
-                    result.outcome, result.detail = "skipped", str(exc)
-                except OffloaderError as exc:
-                    result.outcome, result.error, result.detail = "failed", exc, str(exc).splitlines()[0]
-                except Exception as exc:  # a bug must not stop the other tables
-                    result.outcome = "failed"
-                    result.error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
-                    result.detail = str(result.error).splitlines()[0]
-                    self.log.exception("check_crashed")
+        started = self.job.clock()
+
+        def body() -> None:
+            self._compare(result, since)
+            if repair and result.differing:
+                self._repair(result)
+
+        wait = self.job.config.maintenance.lock_wait
+        outcome = guarded(self.job, body, self.log, wait=wait, crashed="check_crashed", stopped="skipped")
+        if not outcome.ok:
+            result.outcome, result.detail = outcome.outcome, outcome.detail
+            result.error = outcome.error if outcome.outcome == "failed" else None
         self._record(result, started, repair)
         return result
 
     # -- comparing -----------------------------------------------------------------------
 
     def _compare(self, result: CheckResult, since: str | None) -> None:
-        loaded = self.sink.load(self.table.target)
+        loaded = self.job.sink.load(self.table.target)
         sink_table = SinkTable(loaded, self.table, writable=False) if loaded is not None else None
         marker = sink_table.marker() if sink_table is not None else None
         if sink_table is None or marker is None:
             result.detail = "nothing offloaded yet"
             return
-        source = Source(self.engine, self.table.source_database, self.table.source_table, self.table.cursor)
+        source = self.job.source()
         source.columns()
         hi = str(marker.cursor[0])
         lo = self._low(source, since)
@@ -187,8 +159,7 @@ class TableCheck:
         pending: list[pa.RecordBatch] = []
         size = 0
         for batch in sink_table.scan_batches(columns, self.table.cursor[0], micros(lo), micros(hi)):
-            if self.stop.is_set():
-                raise ShutdownRequested("the service is stopping; the check was abandoned")
+            self.job.check_stop("the service is stopping; the check was abandoned")
             pending.append(batch)
             size += batch.num_rows
             if size >= BATCH_ROWS:
@@ -210,7 +181,7 @@ class TableCheck:
 
     def _low(self, source: Source, since: str | None) -> str | None:
         """The first bucket boundary from which ClickHouse holds every row (and ``since``)."""
-        grace = max(self.config.maintenance.check_bucket, 3600.0)
+        grace = max(self.job.config.maintenance.check_bucket, 3600.0)
         oldest, has_ttl = source.oldest_kept(grace)
         if oldest is None:
             return None
@@ -226,20 +197,15 @@ class TableCheck:
     # -- repairing -----------------------------------------------------------------------
 
     def _repair(self, result: CheckResult) -> None:
-        offload = TableOffload(self.table, self.config, self.engine, self.sink, self.state, stop=self.stop)
-        prepared = offload.prepare()
-        sink_table = prepared[3]
-        run = TableResult(self.table.name, uuid.uuid4().hex, "committed")
+        windows = Windows(self.job, uuid.uuid4().hex, self.log)
         hi = result.hi or ""
         for bucket in result.differing:
-            if self.stop.is_set():
-                raise ShutdownRequested("the service is stopping; the repair was abandoned between buckets")
+            self.job.check_stop("the service is stopping; the repair was abandoned between buckets")
             start = micros(bucket.start)
             end = min(start + self.bucket_us - 1, micros(hi))
             # the inclusive end: the last nanosecond before the next bucket, or the cursor itself
             end_text = hi if end == micros(hi) else from_micros(end) + "999"
-            marker = sink_table.carried_marker("repair")
-            offload.replace_range(bucket.start, end_text, marker, run, self.log, prepared)
+            windows.replace(bucket.start, end_text, windows.table.carried_marker("repair"))
             result.repaired += 1
             self.log.info(
                 "bucket_repaired", bucket=bucket.start, source_rows=bucket.source_rows, iceberg_rows=bucket.iceberg_rows
@@ -253,7 +219,7 @@ class TableCheck:
         failed = result.outcome == "failed"
         check = ActionResult(
             self.table.name, "check", outcome="failed" if failed else "skipped" if result.outcome == "skipped" else "ok",
-            detail=result.detail, duration=self.clock() - started, error=result.error,
+            detail=result.detail, duration=self.job.clock() - started, error=result.error,
         )  # fmt: skip
         healed = result.outcome == "repaired"  # what the cold tier looks like now
         check.extra.update(
@@ -270,17 +236,15 @@ class TableCheck:
                 "ratio": check.extra["ratio"], "repaired": result.repaired,
             }
         )  # fmt: skip
-        audit(self.state, check, started, self.log)
-        self.observer.action_finished(self.table, check)
+        finish_action(
+            self.job, check, started, self.log, "check_finished", outcome=result.outcome, buckets=result.buckets,
+            differing=len(result.differing), missing_rows=result.missing_rows, extra_rows=result.extra_rows,
+            repaired=result.repaired, detail=result.detail,
+        )  # fmt: skip
         if repair and result.differing:
             fixed = ActionResult(
-                self.table.name, "repair", outcome="failed" if failed else "ok", duration=self.clock() - started,
+                self.table.name, "repair", outcome="failed" if failed else "ok", duration=self.job.clock() - started,
                 detail=f"repaired {result.repaired} of {len(result.differing)} differing buckets"
                 + (f": {result.detail}" if failed else ""),
             )  # fmt: skip
-            audit(self.state, fixed, started, self.log)
-            self.observer.action_finished(self.table, fixed)
-        (self.log.error if failed else self.log.info)(
-            "check_finished", outcome=result.outcome, buckets=result.buckets, differing=len(result.differing),
-            missing_rows=result.missing_rows, extra_rows=result.extra_rows, repaired=result.repaired, detail=result.detail,
-        )  # fmt: skip
+            finish_action(self.job, fixed, started, self.log, "repair_finished", outcome=fixed.outcome, detail=fixed.detail)

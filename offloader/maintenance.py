@@ -20,149 +20,79 @@ counted in metrics, dry runs included.
 
 from __future__ import annotations
 
-import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
-import structlog
 
-from offloader.config import Config, TableConfig
-from offloader.errors import CatalogError, CommitConflictError, InternalError, OffloaderError, ShutdownRequested
+from offloader.errors import CatalogError, CommitConflictError
+from offloader.job import TableJob, finish_action, guarded, settle
 from offloader.ports import DataFileEntry
-from offloader.sink import Sink, SinkTable
+from offloader.results import ActionResult
+from offloader.sink import SinkTable
 from offloader.source import micros
-from offloader.state import AuditRecord, StateStore
 
 ACTIONS = ("compact", "expire_snapshots", "remove_orphans")
 SMALL = 0.75  # a file under this share of the target size is worth compacting
 CHUNK_BYTES = 32 * 2**20
 
 
-@dataclass
-class ActionResult:
-    """What one maintenance action did (or, in a dry run, would do) to one table."""
+class Maintenance:
+    """The maintenance of one table: each action under the table's lock, audited."""
 
-    table: str
-    action: str
-    outcome: str = "ok"  # ok | nothing_to_do | failed | skipped
-    dry_run: bool = False
-    files_before: int | None = None
-    files_after: int | None = None
-    bytes_before: int | None = None
-    bytes_after: int | None = None
-    files_removed: int = 0
-    files_added: int = 0
-    bytes_removed: int = 0
-    snapshots_expired: int = 0
-    snapshot_id: int | None = None
-    detail: str = ""
-    duration: float = 0.0
-    error: OffloaderError | None = None
-    data_files: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome in {"ok", "nothing_to_do"}
-
-
-class MaintenanceObserver:
-    """Hooks the service uses to follow maintenance (metrics). Optional."""
-
-    def action_finished(self, table: TableConfig, result: ActionResult) -> None: ...
-
-
-def audit(state: StateStore, result: ActionResult, started: float, log: Any) -> None:
-    """Write one action to ``maintenance_audit_log``; a failing store is logged, not raised."""
-    record = AuditRecord(
-        id=uuid.uuid4().hex, table_name=result.table, action=result.action, started_at=started,
-        duration_seconds=result.duration, outcome=result.outcome, dry_run=int(result.dry_run),
-        files_before=result.files_before, files_after=result.files_after, bytes_before=result.bytes_before,
-        bytes_after=result.bytes_after, snapshot_id=result.snapshot_id, detail=result.detail[:4000] or None,
-    )  # fmt: skip
-    try:
-        state.record_audit(record)
-    except OffloaderError as exc:
-        log.error("audit_log_failed", action=result.action, error=str(exc))
-
-
-class TableMaintenance:
-    """The maintenance of one table; built per run by the composition root."""
-
-    def __init__(
-        self,
-        table: TableConfig,
-        config: Config,
-        sink: Sink,
-        state: StateStore,
-        *,
-        observer: MaintenanceObserver | None = None,
-        stop: threading.Event | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.table = table
-        self.config = config
-        self.settings = config.maintenance
-        self.sink = sink
-        self.state = state
-        self.observer = observer or MaintenanceObserver()
-        self.stop = stop or threading.Event()
-        self.clock = clock
-        self.log = structlog.get_logger("offloader").bind(table=table.name)
+    def __init__(self, job: TableJob) -> None:
+        self.job = job
+        self.table = job.table
+        self.settings = job.config.maintenance
+        self.log = job.log
 
     def run(self, actions: tuple[str, ...] = ACTIONS, *, dry_run: bool = False) -> list[ActionResult]:
-        results = []
-        with self.state.lock(self.table.name, wait=self.settings.lock_wait) as taken:
-            loaded = None
-            problem: OffloaderError | None = None
-            if taken:
-                try:
-                    loaded = self.sink.load(self.table.target)
-                except OffloaderError as exc:
-                    problem = exc
-            for action in actions:
-                started = self.clock()
-                result = ActionResult(self.table.name, action, dry_run=dry_run)
-                if not taken:
-                    result.outcome, result.detail = "skipped", "another runner held the table's lock past maintenance.lock_wait"
-                elif problem is not None:
-                    result.outcome, result.error, result.detail = "failed", problem, str(problem).splitlines()[0]
-                elif loaded is None:
-                    result.outcome, result.detail = "nothing_to_do", "the Iceberg table does not exist yet"
-                else:
-                    self._run_action(action, SinkTable(loaded, self.table, writable=not dry_run), result)
-                result.duration = self.clock() - started
-                self._finish(result, started)
-                results.append(result)
+        results: list[ActionResult] = []
+
+        def body() -> None:
+            loaded = self.job.sink.load(self.table.target)
+            results.extend(self._action(action, loaded, dry_run) for action in actions)
+
+        outcome = guarded(
+            self.job, body, self.log, wait=self.settings.lock_wait, crashed="maintenance_crashed", stopped="skipped"
+        )
+        for action in actions[len(results) :]:  # the lock or the table could not be had: each action says why
+            started = self.job.clock()
+            result = ActionResult(self.table.name, action, dry_run=dry_run, outcome=outcome.outcome, detail=outcome.detail)
+            result.error = outcome.error if outcome.outcome == "failed" else None
+            self._finish(result, started)
+            results.append(result)
         return results
 
-    def _run_action(self, action: str, sink_table: SinkTable, result: ActionResult) -> None:
-        try:
-            if self.stop.is_set():
-                raise ShutdownRequested("the service is stopping")
-            {"compact": self.compact, "expire_snapshots": self.expire, "remove_orphans": self.remove_orphans}[action](
-                sink_table, result
+    def _action(self, action: str, loaded: Any, dry_run: bool) -> ActionResult:
+        """One action on the loaded table (None: not created yet), settled and recorded."""
+        started = self.job.clock()
+        result = ActionResult(self.table.name, action, dry_run=dry_run)
+        if loaded is None:
+            result.outcome, result.detail = "nothing_to_do", "the Iceberg table does not exist yet"
+        else:
+            sink_table = SinkTable(loaded, self.table, writable=not dry_run)
+            done = settle(
+                partial(self._run_action, action, sink_table, result), self.log, crashed="maintenance_crashed", stopped="skipped"
             )
-        except ShutdownRequested as exc:
-            result.outcome, result.detail = "skipped", str(exc)
-        except OffloaderError as exc:
-            result.outcome, result.error, result.detail = "failed", exc, str(exc).splitlines()[0]
-        except Exception as exc:  # a bug must not stop the other actions and tables
-            result.outcome = "failed"
-            result.error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
-            result.detail = str(result.error).splitlines()[0]
-            self.log.exception("maintenance_crashed", action=action)
+            if not done.ok:
+                result.outcome, result.detail = done.outcome, done.detail
+                result.error = done.error if done.outcome == "failed" else None
+        self._finish(result, started)
+        return result
+
+    def _run_action(self, action: str, sink_table: SinkTable, result: ActionResult) -> None:
+        self.job.check_stop("the service is stopping")
+        {"compact": self.compact, "expire_snapshots": self.expire, "remove_orphans": self.remove_orphans}[action](
+            sink_table, result
+        )
 
     def _finish(self, result: ActionResult, started: float) -> None:
-        audit(self.state, result, started, self.log)
-        self.observer.action_finished(self.table, result)
-        event = "maintenance_failed" if result.outcome == "failed" else "maintenance_action"
-        (self.log.error if result.outcome == "failed" else self.log.info)(
-            event, action=result.action, outcome=result.outcome, dry_run=result.dry_run, detail=result.detail,
+        result.duration = self.job.clock() - started
+        finish_action(
+            self.job, result, started, self.log, "maintenance_failed" if result.outcome == "failed" else "maintenance_action",
+            action=result.action, outcome=result.outcome, dry_run=result.dry_run, detail=result.detail,
             files_before=result.files_before, files_after=result.files_after, seconds=round(result.duration, 3),
         )  # fmt: skip
 
@@ -247,8 +177,7 @@ class TableMaintenance:
         size = 0
         for entry in files:
             for batch in sink_table.read_file(entry):
-                if self.stop.is_set():
-                    raise ShutdownRequested("the service is stopping; the compaction was abandoned before its commit")
+                self.job.check_stop("the service is stopping; the compaction was abandoned before its commit")
                 buffered.append(batch)
                 size += batch.nbytes
                 if size >= CHUNK_BYTES:
@@ -260,7 +189,7 @@ class TableMaintenance:
     # -- snapshot expiry ---------------------------------------------------------------
 
     def expire(self, sink_table: SinkTable, result: ActionResult) -> None:
-        cutoff_ms = (self.clock() - self.settings.retain) * 1000
+        cutoff_ms = (self.job.clock() - self.settings.retain) * 1000
         snapshots = sink_table.snapshots()
         protected = sink_table.protected_snapshots()
         expired = [s.snapshot_id for s in snapshots if s.timestamp_ms < cutoff_ms and s.snapshot_id not in protected]
@@ -292,7 +221,7 @@ class TableMaintenance:
                 f"{self.table.target}: the files listed under {sink_table.table.metadata.location} do not include the "
                 "table's own metadata and data files; orphan removal deleted nothing"
             )
-        cutoff = self.clock() - self.settings.orphan_age
+        cutoff = self.job.clock() - self.settings.orphan_age
         orphans = [(path, size) for path, mtime, size in listed if _plain(path) not in referenced and mtime < cutoff]
         young = sum(1 for path, mtime, _ in listed if _plain(path) not in referenced and mtime >= cutoff)
         result.files_before = len(listed)

@@ -14,15 +14,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from offloader import __version__
 from offloader.config import TableConfig
-from offloader.maintenance import ActionResult, MaintenanceObserver
-from offloader.offload import Observer, TableResult, WindowResult
+from offloader.results import ActionResult, Observer, TableResult, WindowResult
 from offloader.source import parse_time
 
 MAINTENANCE_ACTIONS = ("compact", "expire_snapshots", "remove_orphans", "check", "repair", "reset")
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
-class Metrics(Observer, MaintenanceObserver):
+class Metrics(Observer):
     """Every metric offloader exports, updated from windows, runs and cycles."""
 
     def __init__(self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time) -> None:

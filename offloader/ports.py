@@ -18,12 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
-
-if TYPE_CHECKING:
-    from offloader.state import AuditRecord, Mirror, RunRecord
 
 # The keys of the offload marker in a snapshot summary.
 CURSOR_KEY = "offloader.cursor"
@@ -68,6 +65,57 @@ class WrittenFiles:
     files: list[Any]
     rows: int = 0
     bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """The state store's copy of a table's committed cursor (the Iceberg marker is the truth)."""
+
+    table_name: str
+    cursor: list[Any] | None
+    snapshot_id: int | None
+    run_id: str | None
+    updated_at: float
+
+
+@dataclass
+class RunRecord:
+    """One run of one table, as written to ``offloader_runs``."""
+
+    run_id: str
+    table_name: str
+    started_at: float
+    finished_at: float | None = None
+    window_lo: str | None = None
+    window_hi: str | None = None
+    windows: int = 0
+    rows_written: int = 0
+    bytes_written: int = 0
+    files_written: int = 0
+    snapshot_id: int | None = None
+    duration_seconds: float | None = None
+    outcome: str = "running"
+    error_class: str | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class AuditRecord:
+    """One maintenance action on one table, as written to ``maintenance_audit_log``."""
+
+    id: str
+    table_name: str
+    action: str
+    started_at: float
+    duration_seconds: float = 0.0
+    outcome: str = "ok"  # ok | nothing_to_do | failed | skipped
+    dry_run: int = 0
+    files_before: int | None = None
+    files_after: int | None = None
+    bytes_before: int | None = None
+    bytes_after: int | None = None
+    snapshot_id: int | None = None
+    detail: str | None = None
 
 
 class Engine(Protocol):

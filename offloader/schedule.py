@@ -26,7 +26,7 @@ import structlog
 from offloader.app import App
 from offloader.config import TableConfig
 from offloader.metrics import Metrics
-from offloader.offload import TableResult
+from offloader.results import TableResult
 from offloader.source import format_time
 
 HEARTBEAT_SECONDS = 1.0

@@ -15,64 +15,17 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from offloader.config import StateConfig, connection_url
 from offloader.errors import StateError, first_line
 from offloader.faults import fail
+from offloader.ports import AuditRecord, Mirror, RunRecord
 
 # catalog/*.sql at the repository root, reached through the package's sql/ link so that an
 # installed wheel carries the same files
 _PACKAGED_SCHEMA = Path(__file__).resolve().parent / "sql"
-
-
-@dataclass(frozen=True)
-class Mirror:
-    table_name: str
-    cursor: list[Any] | None
-    snapshot_id: int | None
-    run_id: str | None
-    updated_at: float
-
-
-@dataclass
-class RunRecord:
-    run_id: str
-    table_name: str
-    started_at: float
-    finished_at: float | None = None
-    window_lo: str | None = None
-    window_hi: str | None = None
-    windows: int = 0
-    rows_written: int = 0
-    bytes_written: int = 0
-    files_written: int = 0
-    snapshot_id: int | None = None
-    duration_seconds: float | None = None
-    outcome: str = "running"
-    error_class: str | None = None
-    error_message: str | None = None
-
-
-@dataclass
-class AuditRecord:
-    """One maintenance action on one table, as written to ``maintenance_audit_log``."""
-
-    id: str
-    table_name: str
-    action: str
-    started_at: float
-    duration_seconds: float = 0.0
-    outcome: str = "ok"  # ok | nothing_to_do | failed | skipped
-    dry_run: int = 0
-    files_before: int | None = None
-    files_after: int | None = None
-    bytes_before: int | None = None
-    bytes_after: int | None = None
-    snapshot_id: int | None = None
-    detail: str | None = None
 
 
 def schema_files() -> list[Path]:

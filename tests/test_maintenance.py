@@ -108,7 +108,7 @@ def test_compaction_without_a_time_partition_waits_for_rows_to_settle(ws: Worksp
 @pytest.mark.storage(fileio=True)
 def test_expiry_keeps_what_the_offload_needs(ws: Workspace) -> None:
     """Expiring every old snapshot keeps the marker: the next cycle resumes exactly at the cursor."""
-    from offloader.maintenance import TableMaintenance
+    from offloader.maintenance import Maintenance
 
     ws.tables = [daily_table()]
     ws.create_trades()
@@ -116,7 +116,7 @@ def test_expiry_keeps_what_the_offload_needs(ws: Workspace) -> None:
     small_cycles(ws, app, days=2, per_day=3)
     cursor = app.state.mirror("trades").cursor
     snapshots = len(ws.iceberg_table("cold.trades").snapshots())
-    later = TableMaintenance(app.config.table("trades"), app.config, app.sink, app.state, clock=lambda: time.time() + 30 * 86400)
+    later = Maintenance(app.job(app.config.table("trades"), clock=lambda: time.time() + 30 * 86400))
     (expired,) = later.run(("expire_snapshots",))
     assert expired.outcome == "ok" and expired.snapshots_expired == snapshots - 1
     table = ws.iceberg_table("cold.trades")
@@ -132,9 +132,7 @@ def test_expiry_keeps_what_the_offload_needs(ws: Workspace) -> None:
     assert_exact(ws)
 
     # files only the expired snapshots referenced are orphans now; old enough, they go
-    (orphans,) = TableMaintenance(
-        app.config.table("trades"), app.config, app.sink, app.state, clock=lambda: time.time() + 30 * 86400
-    ).run(("remove_orphans",))
+    (orphans,) = Maintenance(app.job(app.config.table("trades"), clock=lambda: time.time() + 30 * 86400)).run(("remove_orphans",))
     assert orphans.outcome in {"ok", "nothing_to_do"}, orphans.detail
     assert_exact(ws)
     app.close()
@@ -163,7 +161,7 @@ def test_protected_snapshots_reach_back_to_the_marker(ws: Workspace) -> None:
 @pytest.mark.storage(fileio=True)
 def test_orphans_older_than_the_safety_age_are_removed_younger_kept(ws: Workspace) -> None:
     """An unreferenced file older than orphan_age is deleted; a younger one (a write in flight) stays."""
-    from offloader.maintenance import TableMaintenance
+    from offloader.maintenance import Maintenance
 
     ws.tables = [daily_table()]
     ws.create_trades()
@@ -182,11 +180,11 @@ def test_orphans_older_than_the_safety_age_are_removed_younger_kept(ws: Workspac
     clock = lambda: (old_mtime + young_mtime) / 2 + 86400  # noqa: E731
     table = app.config.table("trades")
 
-    (dry,) = TableMaintenance(table, app.config, app.sink, app.state, clock=clock).run(("remove_orphans",), dry_run=True)
+    (dry,) = Maintenance(app.job(table, clock=clock)).run(("remove_orphans",), dry_run=True)
     assert dry.outcome == "ok" and ws.storage.file_mtime(old) is not None, dry.detail
     assert "1 unreferenced files older than 86400s" in dry.detail and "00000-crashed-window.parquet" in dry.detail
 
-    (done,) = TableMaintenance(table, app.config, app.sink, app.state, clock=clock).run(("remove_orphans",))
+    (done,) = Maintenance(app.job(table, clock=clock)).run(("remove_orphans",))
     assert done.outcome == "ok", done.detail
     assert ws.storage.file_mtime(old) is None, "the old orphan is removed"
     assert ws.storage.file_mtime(young) is not None, "a file younger than orphan_age is never removed"

@@ -149,9 +149,9 @@ def assert_no_stray_data(ws: Workspace) -> None:
 
 def assert_orphans_removable(ws: Workspace, app: Any) -> None:
     """Orphan removal, with a clock past orphan_age, leaves exactly the files the snapshots refer to."""
-    from offloader.maintenance import TableMaintenance
+    from offloader.maintenance import Maintenance
 
-    work = TableMaintenance(app.config.tables[0], app.config, app.sink, app.state, clock=lambda: time.time() + 2 * 86400)
+    work = Maintenance(app.job(app.config.tables[0], clock=lambda: time.time() + 2 * 86400))
     (result,) = work.run(("remove_orphans",))
     assert result.ok, result.detail
     assert set(listed(ws)) == set(referenced(ws)), "files under the table location that orphan removal would not remove"

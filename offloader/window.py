@@ -1,0 +1,192 @@
+"""One window of one table: plan it, write it, verify it, commit it, or replace a range.
+
+A :class:`Windows` is opened per run of an operation on a table. It reads the source's
+columns, maps them, and opens (creating if new) the Iceberg table. Then each window is:
+
+1. **written**: the source rows of the window streamed as Arrow batches, converted to the
+   table's layout, into Parquet data files of an open write (nothing committed yet);
+2. **verified**: the rows written must equal ``count()`` of the window in ClickHouse, or
+   the files are discarded and :class:`WindowMismatchError` says so;
+3. **committed**: ONE snapshot whose summary carries the marker (cursor, run id, commit id,
+   source rows). An unknown outcome (a lost reply) is settled by looking the commit id up in
+   the snapshot history, never by a blind retry; a conflict discards the files;
+4. **settled**: the metadata pruned and the state mirror moved to the new cursor.
+
+:meth:`Windows.append` takes the rows after a cursor; :meth:`Windows.replace` makes the
+Iceberg rows of a time range those of ClickHouse (replace mode, repair) or, without a read,
+deletes them (reset). Every operation that writes rows goes through here.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+
+from offloader import __version__, types
+from offloader.errors import CatalogError, CommitConflictError, CommitUnknownError, WindowMismatchError
+from offloader.faults import checkpoint, reply_lost
+from offloader.job import TableJob
+from offloader.ports import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY
+from offloader.results import WindowResult
+from offloader.sink import WindowWrite
+from offloader.source import Cursor, Window, micros, read_ahead
+
+
+class Windows:
+    """The windows of one table for one run: its source, column plans and Iceberg table."""
+
+    def __init__(self, job: TableJob, run_id: str, log: Any) -> None:
+        self.job = job
+        self.run_id = run_id
+        self.log = log
+        table = job.table
+        options = types.TypeOptions(
+            uint64=table.uint64,  # type: ignore[arg-type]
+            bigint=table.bigint,  # type: ignore[arg-type]
+            truncate_datetime64=table.truncate_datetime64,
+        )
+        self.source = job.source()
+        self.plans = types.plan_columns(self.source.columns(), options)
+        self.schema = types.iceberg_schema(self.plans)
+        self.table = job.sink.open(table, self.schema, table.target_file_size or job.config.offload.target_file_size)
+        self.mismatches = 0
+
+    def marker(self, cursor: list[Any], rows: int, hi: str, **extra: str) -> dict[str, str]:
+        """The summary of a window's snapshot: the cursor it moves to, and who wrote it."""
+        return {
+            CURSOR_KEY: json.dumps(cursor),
+            RUN_KEY: self.run_id,
+            COMMIT_KEY: uuid.uuid4().hex,
+            ROWS_KEY: str(rows),
+            HI_KEY: hi,
+            "offloader.table": self.job.table.name,
+            "offloader.version": __version__,
+            **extra,
+        }
+
+    # -- the steps -----------------------------------------------------------------------
+
+    def write(self, window: Window) -> WindowWrite:
+        """Stream the window's rows into data files of an open write; return it."""
+        tx = self.table.begin(self.schema)
+        stop = "the window in flight was abandoned before its commit"
+        try:
+            target = tx.arrow_schema
+            select = [p.select_sql for p in self.plans]
+            buffered: list[pa.RecordBatch] = []
+            size = 0
+            limit = self.job.config.offload.batch_bytes
+            for batch in read_ahead(self.source.read(window, select)):
+                if batch.num_rows == 0:
+                    continue
+                converted = types.convert_batch(batch, self.plans, target)
+                buffered.append(converted)
+                size += converted.nbytes
+                if size >= limit:
+                    self.job.check_stop(f"{self.job.table.name}: stopping; {stop}")
+                    tx.write(pa.Table.from_batches(buffered, schema=target))
+                    buffered, size = [], 0
+            checkpoint("after_read")
+            if buffered:
+                tx.write(pa.Table.from_batches(buffered, schema=target))
+            tx.flush()
+            checkpoint("after_write")
+            self.job.check_stop(f"{self.job.table.name}: stopping; {stop}")
+            return tx
+        except BaseException:
+            tx.discard()
+            raise
+
+    def verify(self, tx: WindowWrite, expected: int, window: Window) -> None:
+        """The rows written must be ``count()`` of the window in ClickHouse, or nothing is committed."""
+        if tx.written.rows == expected:
+            self.log.debug("window_verified", rows=expected, window_hi=window.hi)
+            return
+        self.mismatches += 1
+        self.job.observer.mismatch(self.job.table)
+        written = tx.written.rows
+        tx.discard()
+        raise WindowMismatchError(
+            f"{self.job.table.name}: window up to {window.hi} wrote {written} rows but count() in ClickHouse "
+            f"says {expected}; nothing was committed"
+        )
+
+    def commit(self, tx: WindowWrite, marker: dict[str, str], replaced: Iterable[Any] = ()) -> int:
+        """Commit one window; settle an unknown outcome from the snapshot history."""
+        target = self.job.table.target
+        try:
+            if reply_lost("before"):
+                raise CommitUnknownError(f"{target}: the catalog connection was lost (fault injected before the commit)")
+            snapshot_id = int(tx.commit(marker, replaced))
+            if reply_lost("after"):
+                raise CommitUnknownError(f"{target}: the catalog connection was lost (fault injected after the commit)")
+            return snapshot_id
+        except CommitConflictError:
+            tx.discard()
+            raise
+        except CommitUnknownError as exc:
+            self.log.warning("commit_unknown", commit_id=marker[COMMIT_KEY], error=str(exc))
+            self.table.refresh()  # a CatalogError here leaves the files: they may be committed
+            found = self.table.find_commit(marker[COMMIT_KEY])
+            if found is not None:
+                self.log.info("commit_settled", commit_id=marker[COMMIT_KEY], landed=True, snapshot_id=found)
+                return found
+            self.log.info("commit_settled", commit_id=marker[COMMIT_KEY], landed=False)
+            tx.discard()
+            raise CatalogError(f"{target}: the commit did not land ({exc}); the window will be taken again") from exc
+        except BaseException:
+            tx.discard()
+            raise
+
+    def settle(self, tx: WindowWrite, snapshot_id: int, cursor: list[Any], window_hi: str) -> WindowResult:
+        """After a commit: prune the metadata and move the state mirror to ``cursor``."""
+        checkpoint("after_commit")
+        tx.owner.prune_metadata(self.log)
+        t = self.job.table
+        self.job.state.set_mirror(t.name, t.target, cursor, snapshot_id, self.run_id)
+        checkpoint("after_state")
+        done = WindowResult(tx.written.rows, tx.written.bytes, len(tx.written.files), snapshot_id, cursor)
+        self.log.info(
+            "offload_committed", rows=done.rows, files=done.files, bytes=done.bytes,
+            snapshot_id=snapshot_id, cursor=cursor, window_hi=window_hi,
+        )  # fmt: skip
+        return done
+
+    # -- whole windows -------------------------------------------------------------------
+
+    def append(self, window: Window) -> WindowResult | None:
+        """The rows after the window's cursor up to its end, in one commit; None when there are none."""
+        stats = self.source.stats(window)
+        if stats.rows == 0 or stats.last is None:
+            return None
+        tx = self.write(window)
+        self.verify(tx, stats.rows, window)
+        cursor = stats.last.to_json()
+        snapshot_id = self.commit(tx, self.marker(cursor, stats.rows, window.hi))
+        return self.settle(tx, snapshot_id, cursor, window.hi)
+
+    def replace(self, start: str, end: str, marker: dict[str, str], *, read: bool = True) -> WindowResult | None:
+        """Make Iceberg's rows with ``start <= time <= end`` those of ClickHouse, in ONE commit.
+
+        The source rows of the range are written (none when not ``read``: the range is then
+        deleted), the files holding Iceberg rows of the range are rewritten without them, and
+        the snapshot carries ``marker`` with the source row count. Returns None, committing
+        nothing, when a read range is empty on both sides. The caller holds the lock.
+        """
+        window = Window(Cursor((start,)), end, inclusive=True)
+        if read:
+            rows = self.source.stats(window).rows
+            tx = self.write(window)
+            self.verify(tx, rows, window)
+        else:
+            rows, tx = 0, self.table.begin(self.table.schema)
+        replaced = tx.replaced_files(self.job.table.cursor[0], micros(start), micros(end))
+        if read and not rows and not replaced:
+            tx.discard()
+            return None
+        snapshot_id = self.commit(tx, {**marker, ROWS_KEY: str(rows)}, replaced)
+        return self.settle(tx, snapshot_id, json.loads(marker[CURSOR_KEY]), end)
