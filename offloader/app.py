@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,17 +17,17 @@ from typing import Any
 
 import structlog
 
-from offloader import consistency, maintenance, reset
-from offloader import source as source_mod
+from offloader import clickhouse, consistency, maintenance, reset
 from offloader.config import Config, TableConfig
-from offloader.errors import ConfigError, InternalError, OffloaderError
+from offloader.cursor import Cursor, parse_time
+from offloader.errors import ConfigError, OffloaderError
 from offloader.job import TableJob
 from offloader.offload import Offload
 from offloader.ports import Engine
-from offloader.results import ActionResult, Observer, TableResult
+from offloader.results import MAINTENANCE_ACTIONS, ActionResult, Observer, TableResult
 from offloader.sink import Sink, SinkTable
-from offloader.source import Cursor, Source, parse_time
-from offloader.state import RunRecord, StateStore
+from offloader.source import Source
+from offloader.state import StateStore
 
 
 @dataclass
@@ -59,9 +58,9 @@ class App:
 
     def __init__(self, config: Config, *, engine: Engine | None = None) -> None:
         self.config = config
-        if engine is None and config.source.embedded and not source_mod.embedded_engine_available():
+        if engine is None and config.source.embedded and not clickhouse.embedded_engine_available():
             raise ConfigError(
-                f"source.dsn = {config.source.display_dsn!r} needs the embedded ClickHouse engine: {source_mod.NO_EMBEDDED_ENGINE}"
+                f"source.dsn = {config.source.display_dsn!r} needs the embedded ClickHouse engine: {clickhouse.NO_EMBEDDED_ENGINE}"
             )
         if config.data_dir is not None:
             config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +80,7 @@ class App:
     def engine(self) -> Engine:
         with self._engine_lock:
             if self._engine is None:
-                self._engine = source_mod.connect(self.config.source)
+                self._engine = clickhouse.connect(self.config.source)
             return self._engine
 
     def close(self) -> None:
@@ -124,37 +123,9 @@ class App:
                 return result
 
     def _attempt(self, table: TableConfig, observer: Observer | None, stop: threading.Event) -> TableResult:
-        """One run of one table. A run that fails before it starts (the source down or refusing the
-        credentials, the state store failing, a bug) is recorded as a failed run all the same."""
-        started = time.time()
-        try:
-            return Offload(self.job(table, observer=observer, stop=stop)).run()
-        except OffloaderError as exc:
-            error: OffloaderError = exc
-            failed = TableResult(table.name, uuid.uuid4().hex, "failed", error=error, reason=str(error).splitlines()[0])
-            self.log.error(
-                "table_failed", table=table.name, run_id=failed.run_id, error_type=error.kind, error=failed.reason,
-                retryable=error.retryable,
-            )  # fmt: skip
-        except Exception as exc:  # a bug must not take the other tables down with it
-            error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
-            failed = TableResult(table.name, uuid.uuid4().hex, "failed", error=error, reason=str(error).splitlines()[0])
-            self.log.exception(
-                "table_failed", table=table.name, run_id=failed.run_id, error_type=error.kind, error=failed.reason,
-                retryable=False,
-            )  # fmt: skip
-        finished = time.time()
-        failed.duration = finished - started
-        record = RunRecord(
-            run_id=failed.run_id, table_name=table.name, started_at=started, finished_at=finished,
-            duration_seconds=failed.duration, outcome="failed", error_class=type(error).__name__,
-            error_message=str(error)[:2000],
-        )  # fmt: skip
-        try:
-            self.state.record_run(record)
-        except OffloaderError as exc:  # the state store is what failed: the log line above is the record
-            self.log.error("run_history_failed", table=table.name, run_id=failed.run_id, error=str(exc).splitlines()[0])
-        return failed
+        """One run of one table; whatever stops it (the source down, the state store failing, a bug)
+        is its outcome, recorded in the run history all the same."""
+        return Offload(self.job(table, observer=observer, stop=stop)).run()
 
     def run_cycle(
         self,
@@ -220,7 +191,7 @@ class App:
     def maintain(
         self, tables: Iterable[TableConfig] | None = None, *, dry_run: bool = False,
         observer: Observer | None = None, stop: threading.Event | None = None,
-        actions: tuple[str, ...] = maintenance.ACTIONS,
+        actions: tuple[str, ...] = MAINTENANCE_ACTIONS,
     ) -> list[ActionResult]:  # fmt: skip
         """Compaction, snapshot expiry and orphan removal of every table (or of ``tables``)."""
         results = []

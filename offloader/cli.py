@@ -21,7 +21,7 @@ from typing import Any
 from offloader import __version__, log
 from offloader.config import Config, TableConfig, load_config
 from offloader.errors import ConfigError, OffloaderError
-from offloader.results import Observer, TableResult
+from offloader.results import AUDITED_ACTIONS, Observer, TableResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 
@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="the maintenance audit log")
     audit.add_argument("--table")
-    audit.add_argument("--action", choices=["compact", "expire_snapshots", "remove_orphans", "check", "repair", "reset"])
+    audit.add_argument("--action", choices=AUDITED_ACTIONS)
     audit.add_argument("--limit", type=int, default=20)
 
     demo = sub.add_parser("demo", help="the embedded market-data demo")
@@ -101,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        from offloader.demo import embedded_default
+
+        config = load_config(args.config, default=embedded_default)
         service = args.command == "run" or (args.command == "demo" and args.demo_command == "run")
         log.configure(
             args.log_level or config.logging.level, config.logging.format, sys.stdout if service else sys.stderr, args.debug
@@ -279,7 +281,7 @@ def _since(text: str | None) -> str | None:
     from datetime import UTC, datetime, timedelta
 
     from offloader.config import parse_duration
-    from offloader.source import format_time, parse_time
+    from offloader.cursor import format_time, parse_time
 
     if text is None:
         return None
@@ -296,7 +298,7 @@ def _since(text: str | None) -> str | None:
 
 
 def _check(app: Any, table: str | None, since: str | None, repair: bool) -> int:
-    from offloader.source import NO_EMBEDDED_ENGINE, embedded_engine_available
+    from offloader.clickhouse import NO_EMBEDDED_ENGINE, embedded_engine_available
 
     if not embedded_engine_available():
         raise ConfigError(f"check needs the embedded ClickHouse engine for Iceberg's checksums: {NO_EMBEDDED_ENGINE}")
@@ -323,7 +325,7 @@ def _check(app: Any, table: str | None, since: str | None, repair: bool) -> int:
 
 
 def _reset(app: Any, table: str, to: str, yes: bool) -> int:
-    from offloader.source import format_time, parse_time
+    from offloader.cursor import format_time, parse_time
 
     config = app.config.table(table)
     try:
@@ -358,8 +360,8 @@ def _audit(app: Any, table: str | None, action: str | None, limit: int) -> int:
 
 def _serve(app: Any, before_wait: Any = None) -> int:
     """The service: scheduler and HTTP endpoints until SIGTERM/SIGINT; exit 0 when stopped cleanly."""
-    from offloader.schedule import Service
     from offloader.server import serve
+    from offloader.service import Service
 
     service = Service(app)
     service.install_signal_handlers()
@@ -428,7 +430,7 @@ def _demo_run(config: Config, args: argparse.Namespace) -> int:
 
 def _demo_seed(config: Config, rows: int, hours: float) -> int:
     from offloader import demo
-    from offloader.source import connect
+    from offloader.clickhouse import connect
 
     if rows <= 0:
         raise ConfigError(f"--rows = {rows}: expected a positive number of rows")

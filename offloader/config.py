@@ -18,13 +18,14 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from offloader.errors import ConfigError
+from offloader.scheduler import cron_problem
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -40,6 +41,7 @@ LAYERS = ("bronze", "silver", "gold")
 MODES = ("append", "replace")
 ENV_PREFIX = "OFFLOADER__"
 DEFAULT_DATA_DIR = ".offloader"
+DEFAULT_FILE_SIZE = 128 * 2**20  # the data files offloader writes and compacts to, by default
 
 
 class Secret:
@@ -197,7 +199,7 @@ class TableConfig:
 
 @dataclass(frozen=True)
 class OffloadConfig:
-    target_file_size: int = 128 * 2**20
+    target_file_size: int = DEFAULT_FILE_SIZE
     batch_bytes: int = 32 * 2**20
     commit_attempts: int = 5
 
@@ -219,7 +221,7 @@ class ScheduleConfig:
 class MaintenanceConfig:
     """What `offloader maintain` and `offloader check` do (also daily at ``schedule.maintenance_cron``)."""
 
-    target_file_size: int = 128 * 2**20
+    target_file_size: int = DEFAULT_FILE_SIZE
     retain: float = 7 * 86400.0
     orphan_age: float = 86400.0
     settle: float = 86400.0
@@ -306,12 +308,23 @@ def redact(dsn: str) -> str:
 # Loading
 
 
-def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Load, override and validate the configuration; raise ConfigError listing every problem."""
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    default: Callable[[Path], dict[str, Any]] | None = None,
+) -> Config:
+    """Load, override and validate the configuration; raise ConfigError listing every problem.
+
+    With no file (``path`` or ``OFFLOADER_CONFIG``), ``default`` gives the raw config for a
+    data directory (``OFFLOADER_DATA_DIR``): the CLI passes the embedded demo set.
+    """
     env = dict(os.environ if env is None else env)
     path = path or env.get("OFFLOADER_CONFIG") or None
     if path is None:
-        raw = embedded_default(Path(env.get("OFFLOADER_DATA_DIR", DEFAULT_DATA_DIR)))
+        if default is None:
+            raise ConfigError("--config: no configuration file given (pass --config or set OFFLOADER_CONFIG)")
+        raw = default(Path(env.get("OFFLOADER_DATA_DIR", DEFAULT_DATA_DIR)))
         origin = "embedded default"
     else:
         file = Path(path)
@@ -326,26 +339,6 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         origin = str(file)
     raw = _apply_env(raw, env)
     return _Validator(raw, env, origin).build()
-
-
-def embedded_default(data_dir: Path) -> dict[str, Any]:
-    """The no-server default: chDB source, SQLite catalog and state, local warehouse."""
-    from offloader import demo
-
-    data_dir = data_dir.absolute()
-    return {
-        "data_dir": str(data_dir),
-        "source": {"dsn": f"chdb://{data_dir / 'clickhouse'}", "safety_lag": "10s", "max_window": "1h"},
-        "catalog": {
-            "name": "cold",
-            "type": "sql",
-            "uri": f"sqlite:///{data_dir / 'catalog.db'}",
-            "warehouse": f"file://{data_dir / 'warehouse'}",
-        },
-        "state": {"dsn": f"sqlite:///{data_dir / 'state.db'}"},
-        "schedule": {"interval": "30s"},
-        "tables": demo.table_configs(),
-    }
 
 
 def _coerce_env_value(text: str) -> Any:
@@ -672,7 +665,7 @@ class _Validator:
     def offload(self, s: dict[str, Any]) -> OffloadConfig:
         self.unknown_keys("offload", s, {"target_file_size", "batch_size", "commit_attempts"})
         return OffloadConfig(
-            target_file_size=self.size("offload.target_file_size", s.get("target_file_size"), 128 * 2**20) or 0,
+            target_file_size=self.size("offload.target_file_size", s.get("target_file_size"), DEFAULT_FILE_SIZE) or 0,
             batch_bytes=self.size("offload.batch_size", s.get("batch_size"), 32 * 2**20) or 0,
             commit_attempts=self.integer("offload.commit_attempts", s.get("commit_attempts"), 5, 1, 100),
         )
@@ -709,7 +702,7 @@ class _Validator:
         self.unknown_keys("maintenance", s, allowed)
         since = s.get("check_since")
         return MaintenanceConfig(
-            target_file_size=self.size("maintenance.target_file_size", s.get("target_file_size"), 128 * 2**20) or 0,
+            target_file_size=self.size("maintenance.target_file_size", s.get("target_file_size"), DEFAULT_FILE_SIZE) or 0,
             retain=self.duration("maintenance.retain", s.get("retain"), 7 * 86400.0, 60),
             orphan_age=self.duration("maintenance.orphan_age", s.get("orphan_age"), 86400.0, 60),
             settle=self.duration("maintenance.settle", s.get("settle"), 86400.0),
@@ -836,12 +829,9 @@ class _Validator:
     def cron(self, key: str, value: Any) -> str | None:
         if value is None:
             return None
-        try:
-            from apscheduler.triggers.cron import CronTrigger
-
-            CronTrigger.from_crontab(str(value))
-        except (ValueError, TypeError) as exc:
-            self.problem(key, value, f'expected a 5-field cron expression such as "*/15 * * * *" ({exc})')
+        why = cron_problem(str(value))
+        if why is not None:
+            self.problem(key, value, f'expected a 5-field cron expression such as "*/15 * * * *" ({why})')
             return None
         return str(value)
 

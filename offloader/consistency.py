@@ -24,11 +24,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from offloader.clickhouse import local_arrow_rows
+from offloader.cursor import from_micros, micros
 from offloader.errors import ConfigError, OffloaderError
 from offloader.job import TableJob, finish_action, guarded
 from offloader.results import ActionResult
 from offloader.sink import SinkTable
-from offloader.source import Source, from_micros, local_arrow_rows, micros, quote
+from offloader.source import Source, quote
 from offloader.window import Windows
 
 MASK = 2**64 - 1

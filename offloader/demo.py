@@ -41,6 +41,7 @@ import math
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 DATABASE = "k2"
@@ -61,7 +62,7 @@ _LOOKBACK = {"1m": "2m", "5m": "10m", "15m": "30m", "30m": "1h", "1h": "2h", "1d
 
 
 class Engine(Protocol):
-    """What the demo needs from a ClickHouse connection (both engines of ``offloader.source``)."""
+    """What the demo needs from a ClickHouse connection (both engines of ``offloader.clickhouse``)."""
 
     def command(self, sql: str, params: dict[str, Any] | None = None) -> None: ...
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]: ...
@@ -559,3 +560,21 @@ def live_batch(engine: Engine, rows: int = 200) -> int:
     if rows < 0:
         raise ValueError(f"rows = {rows}: expected a non-negative number of rows")
     return _append(engine, rows, 1.0, None, None)
+
+
+def embedded_default(data_dir: Path) -> dict[str, Any]:
+    """The no-server default: chDB source, SQLite catalog and state, local warehouse."""
+    data_dir = data_dir.absolute()
+    return {
+        "data_dir": str(data_dir),
+        "source": {"dsn": f"chdb://{data_dir / 'clickhouse'}", "safety_lag": "10s", "max_window": "1h"},
+        "catalog": {
+            "name": "cold",
+            "type": "sql",
+            "uri": f"sqlite:///{data_dir / 'catalog.db'}",
+            "warehouse": f"file://{data_dir / 'warehouse'}",
+        },
+        "state": {"dsn": f"sqlite:///{data_dir / 'state.db'}"},
+        "schedule": {"interval": "30s"},
+        "tables": table_configs(),
+    }

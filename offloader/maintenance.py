@@ -26,14 +26,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from offloader.cursor import micros
 from offloader.errors import CatalogError, CommitConflictError
 from offloader.job import TableJob, finish_action, guarded, settle
 from offloader.ports import DataFileEntry
-from offloader.results import ActionResult
+from offloader.results import MAINTENANCE_ACTIONS, ActionResult
 from offloader.sink import SinkTable
-from offloader.source import micros
 
-ACTIONS = ("compact", "expire_snapshots", "remove_orphans")
 SMALL = 0.75  # a file under this share of the target size is worth compacting
 CHUNK_BYTES = 32 * 2**20
 
@@ -47,7 +46,7 @@ class Maintenance:
         self.settings = job.config.maintenance
         self.log = job.log
 
-    def run(self, actions: tuple[str, ...] = ACTIONS, *, dry_run: bool = False) -> list[ActionResult]:
+    def run(self, actions: tuple[str, ...] = MAINTENANCE_ACTIONS, *, dry_run: bool = False) -> list[ActionResult]:
         results: list[ActionResult] = []
 
         def body() -> None:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from offloader import __version__
 from offloader.config import TableConfig
-from offloader.results import ActionResult, Observer, TableResult, WindowResult
-from offloader.source import parse_time
+from offloader.cursor import parse_time
+from offloader.results import AUDITED_ACTIONS, MAINTENANCE_ACTIONS, ActionResult, Observer, TableResult, WindowResult
 
-MAINTENANCE_ACTIONS = ("compact", "expire_snapshots", "remove_orphans", "check", "repair", "reset")
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -117,6 +116,10 @@ class Metrics(Observer):
         self.build_info = Gauge("offloader_build_info", "offloader's version.", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
 
+    def exposition(self) -> tuple[str, bytes]:
+        """The content type and body of ``/metrics``: every metric in the text format."""
+        return CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
     def declare(self, tables: list[TableConfig]) -> None:
         """Export every table's series from the start, at zero."""
         for table in tables:
@@ -124,7 +127,7 @@ class Metrics(Observer):
             for metric in (self.bytes, self.files, self.mismatches, self.conflicts):
                 metric.labels(table=table.name)
             self.consecutive_failures.labels(table=table.name).set(0)
-            for action in MAINTENANCE_ACTIONS:
+            for action in AUDITED_ACTIONS:
                 for outcome in ("ok", "failed", "skipped"):
                     self.maintenance_actions.labels(table=table.name, action=action, outcome=outcome)
 
@@ -181,7 +184,7 @@ class Metrics(Observer):
             self.snapshots_expired.labels(table=name).inc(result.snapshots_expired)
         if result.data_files is not None:
             self.data_files.labels(table=name).set(result.data_files)
-        if result.action in {"compact", "expire_snapshots", "remove_orphans"} and result.ok:
+        if result.action in MAINTENANCE_ACTIONS and result.ok:
             self.maintenance_last_success.labels(table=name).set(self.clock())
         if result.action == "check" and result.extra.get("compared"):
             self.mismatch_ratio.labels(table=name).set(result.extra["ratio"])

@@ -23,11 +23,11 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from offloader.cursor import Cursor, Window, format_time, parse_time
 from offloader.errors import CommitConflictError, MirrorAheadError, OffloaderError
 from offloader.job import Outcome, TableJob, guarded
 from offloader.ports import Marker, RunRecord
 from offloader.results import TableResult
-from offloader.source import Cursor, Window, format_time, parse_time
 from offloader.window import Windows
 
 

@@ -16,13 +16,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from offloader.cursor import FAR_FUTURE, format_time, from_micros, micros, parse_time
 from offloader.errors import ConfigError
 from offloader.job import TableJob, finish_action, guarded
 from offloader.results import ActionResult
-from offloader.source import format_time, from_micros, micros, parse_time
 from offloader.window import Windows
-
-FAR_FUTURE = "2261-12-31 23:59:59.999999999"
 
 
 @dataclass

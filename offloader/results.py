@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from offloader.config import TableConfig
 
 
+# The maintenance actions, in the order they run, and every operation the audit log records.
+MAINTENANCE_ACTIONS = ("compact", "expire_snapshots", "remove_orphans")
+AUDITED_ACTIONS = (*MAINTENANCE_ACTIONS, "check", "repair", "reset")
+
+
 @dataclass
 class WindowResult:
     """One committed window."""

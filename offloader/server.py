@@ -14,10 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from offloader.errors import OffloaderError
-from offloader.schedule import Service
+from offloader.service import Service
 
 
 def readiness(service: Service) -> list[str]:
@@ -55,7 +54,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(500, "text/plain; charset=utf-8", b"internal error\n")
 
     def _metrics(self) -> None:
-        self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.service.metrics.registry))
+        self._send(200, *self.service.metrics.exposition())
 
     def _healthz(self) -> None:
         if self.service.healthy():

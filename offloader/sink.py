@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from offloader.config import CatalogConfig, TableConfig, connection_url, partition_transform, redact
+from offloader.config import DEFAULT_FILE_SIZE, CatalogConfig, TableConfig, connection_url, partition_transform, redact
 from offloader.errors import (
     AuthenticationError,
     CatalogError,
@@ -783,7 +783,7 @@ class WindowWrite:
         self.schema_changes = changes
         self.written = WrittenFiles(files=[])
         self.arrow_schema = schema_to_pyarrow(tx.table_metadata.schema(), include_field_ids=False)
-        target = int(tx.table_metadata.properties.get("write.target-file-size-bytes", 128 * 2**20))
+        target = int(tx.table_metadata.properties.get("write.target-file-size-bytes", DEFAULT_FILE_SIZE))
         self._files = _RollingFiles(tx.table_metadata, owner.table.io, uuid.uuid4(), target)
         self._carried = _RollingFiles(tx.table_metadata, owner.table.io, uuid.uuid4(), target)
 

@@ -1,10 +1,7 @@
-"""The ClickHouse adapter: every query offloader sends to the warm tier lives here.
+"""The offload queries against one source table, as reviewable SQL text.
 
-Two engines serve the same interface: a remote server over HTTP through clickhouse-connect
-(``http(s)://``), and the ClickHouse engine embedded in-process through chDB (``chdb://``),
-whose own ArrowStream API streams with flat memory. Above the engines, :class:`Source` holds
-the offload queries as reviewable SQL text: identifiers come from validated config and are
-quoted; every value travels as a server-side query parameter (``{name:Type}``).
+:class:`Source` sends them through an :class:`~offloader.ports.Engine` (``clickhouse``).
+Identifiers come from validated config and are quoted; every value travels as a server-side query parameter (``{name:Type}``).
 
 Windows are defined on the table's cursor: its first column is a DateTime/DateTime64 (the
 time axis), the others break ties. A window takes the rows strictly after the committed
@@ -14,27 +11,19 @@ share one timestamp always fall into the same window.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from offloader.config import SourceConfig
-from offloader.errors import AuthenticationError, ConfigError, OffloaderError, SchemaError, SourceError, first_line
-from offloader.faults import fail
+from offloader.cursor import Cursor, Window, WindowStats, format_time, parse_time, time_key
+from offloader.errors import SchemaError
 from offloader.ports import Engine
+from offloader.ttl import delete_ttls
 
-# ClickHouse error codes of a refused login: UNKNOWN_USER, WRONG_PASSWORD, REQUIRED_PASSWORD,
-# AUTHENTICATION_FAILED. Trying again with the same credentials cannot help. (ACCESS_DENIED, 497,
-# is a missing grant of a user that did log in: a SourceError like any other failed query.)
-AUTH_FAILED_CODES = frozenset({192, 193, 194, 516})
-TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 TS_PARAM = "DateTime64(9, 'UTC')"
 _TIME_TYPE = re.compile(r"^(DateTime64\(\s*(\d)\s*(,.*)?\)|DateTime(\(.*\))?)$")
 
@@ -48,181 +37,6 @@ def strip_wrappers(ch_type: str) -> str:
     """``LowCardinality(X)`` → ``X``; used for the types of query parameters."""
     match = re.match(r"^LowCardinality\((.*)\)$", ch_type)
     return match.group(1) if match else ch_type
-
-
-# Why something that needs chDB cannot run, after "... needs the embedded ClickHouse engine: ".
-NO_EMBEDDED_ENGINE = "chDB is not installed here (the slim image leaves it out); use the full image or `pip install chdb`"
-
-
-def embedded_engine_available() -> bool:
-    """Whether chDB, the embedded ClickHouse engine, is installed (the slim image has none)."""
-    return importlib.util.find_spec("chdb") is not None
-
-
-class ChdbEngine:
-    """The ClickHouse engine embedded in this process (chDB) on a data directory."""
-
-    def __init__(self, path: str) -> None:
-        if not embedded_engine_available():
-            raise ConfigError(f"source.dsn = 'chdb://{path}' needs the embedded ClickHouse engine: {NO_EMBEDDED_ENGINE}")
-        import chdb
-
-        self.path = path
-        self._lock = threading.RLock()
-        try:
-            self._conn = chdb.connect(path)
-            _EMBEDDED_PATH.append(path)
-        except Exception as exc:  # chDB raises plain RuntimeErrors
-            raise SourceError(f"cannot open the embedded ClickHouse data directory {path!r}: {exc}") from exc
-
-    def _query(self, sql: str, fmt: str, params: dict[str, Any] | None) -> Any:
-        try:
-            with self._lock:
-                return self._conn.query(sql, fmt, params=_param_strings(params))
-        except Exception as exc:
-            raise SourceError(f"ClickHouse query failed: {first_line(exc)}") from exc
-
-    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        return _arrow_file_rows(self._query(sql, "Arrow", params).bytes())
-
-    def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
-        self._query(sql, "CSV", params)
-
-    def stream(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
-        """Stream on a handle of its own: chDB runs one streaming query per handle at a time."""
-        import chdb
-
-        try:
-            conn = chdb.connect(self.path)
-            result = conn.send_query(sql, "ArrowStream", params=_param_strings(params))
-        except Exception as exc:
-            raise SourceError(f"ClickHouse query failed: {first_line(exc)}") from exc
-        try:
-            for chunk in result:
-                data = chunk.bytes()
-                if data:
-                    yield from pa.ipc.open_stream(pa.py_buffer(data))
-        except Exception as exc:
-            raise SourceError(f"ClickHouse stream failed: {first_line(exc)}") from exc
-        finally:
-            try:
-                result.cancel()
-            except Exception:  # noqa: S110 - the stream is already finished or broken
-                pass
-            conn.close()
-
-    def close(self) -> None:
-        try:
-            self._conn.close()
-        except Exception:  # noqa: S110 - closing twice is harmless
-            pass
-
-
-_EMBEDDED_PATH: list[str] = []  # the data directory chDB was started on in this process
-
-
-def local_arrow_rows(sql: str, arrow_input: pa.Table) -> list[tuple[Any, ...]]:
-    """Run ``sql`` on the embedded ClickHouse engine over ``arrow_input`` (``Python(arrow_input)``).
-
-    Used to compute on the Iceberg side exactly what the source computes (checksums). chDB
-    runs one embedded server per process, on the data directory it was first opened with.
-    """
-    if not embedded_engine_available():
-        raise SourceError(
-            f"the consistency check needs the embedded ClickHouse engine for Iceberg's checksums: {NO_EMBEDDED_ENGINE}"
-        )
-    import chdb
-
-    paths = _EMBEDDED_PATH[-1:] or [":memory:"]
-    try:
-        try:
-            conn = chdb.connect(paths[0])
-        except Exception as exc:
-            match = re.search(r"initialized with path '([^']*)'", str(exc))
-            if match is None:
-                raise
-            conn = chdb.connect(match.group(1))
-        try:
-            data = conn.query(sql, "Arrow").bytes()
-        finally:
-            conn.close()
-    except Exception as exc:
-        raise SourceError(f"the embedded ClickHouse engine failed on Iceberg rows: {first_line(exc)}") from exc
-    return _arrow_file_rows(data)
-
-
-def _arrow_file_rows(data: bytes) -> list[tuple[Any, ...]]:
-    """The rows of a result in the Arrow file format, as tuples."""
-    if not data:
-        return []
-    return _table_rows(pa.ipc.open_file(pa.py_buffer(data)).read_all())
-
-
-def _table_rows(table: pa.Table) -> list[tuple[Any, ...]]:
-    return list(zip(*(col.to_pylist() for col in table.columns), strict=True)) if table.num_columns else []
-
-
-class HttpEngine:
-    """A remote ClickHouse server over HTTP, through clickhouse-connect."""
-
-    def __init__(self, config: SourceConfig) -> None:
-        import clickhouse_connect
-        from clickhouse_connect.driver.exceptions import ClickHouseError
-
-        self._errors = (ClickHouseError, OSError)
-        parts = urlsplit(config.dsn)
-        kwargs: dict[str, Any] = {
-            "dsn": config.dsn,
-            "send_receive_timeout": int(config.query_timeout),
-            "connect_timeout": 10,
-            "query_retries": 0,
-            "compress": "lz4" if parts.hostname not in {"127.0.0.1", "localhost"} else False,
-            "autogenerate_session_id": False,
-            "settings": dict(config.settings),
-        }
-        if config.user:
-            kwargs["username"] = config.user
-        if config.password is not None:
-            kwargs["password"] = config.password.reveal()
-        self.display = config.display_dsn
-        fail("source_connect")
-        try:
-            self._client = clickhouse_connect.get_client(**kwargs)
-        except Exception as exc:
-            raise self._failure(f"cannot connect to ClickHouse at {self.display}", exc) from exc
-
-    def _failure(self, what: str, exc: Exception) -> OffloaderError:
-        """The error to raise for a clickhouse-connect failure: a refused login is never retried."""
-        if getattr(exc, "code", None) in AUTH_FAILED_CODES:
-            return AuthenticationError(f"authentication failed at {self.display}: {first_line(exc)}")
-        return SourceError(f"{what}: {first_line(exc)}")
-
-    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        try:
-            table = self._client.query_arrow(sql, parameters=params or {})
-        except Exception as exc:
-            raise self._failure(f"ClickHouse query failed ({self.display})", exc) from exc
-        return _table_rows(table)
-
-    def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
-        try:
-            self._client.command(sql, parameters=params or {})
-        except Exception as exc:
-            raise self._failure(f"ClickHouse command failed ({self.display})", exc) from exc
-
-    def stream(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
-        try:
-            with self._client.query_arrow_stream(sql, parameters=params or {}) as stream:
-                for table in stream:
-                    yield from (table.to_batches() if isinstance(table, pa.Table) else [table])
-        except Exception as exc:
-            raise self._failure(f"ClickHouse stream failed ({self.display})", exc) from exc
-
-    def close(self) -> None:
-        try:
-            self._client.close()
-        except Exception:  # noqa: S110
-            pass
 
 
 def read_ahead(batches: Iterator[pa.RecordBatch], depth: int = 8) -> Iterator[pa.RecordBatch]:
@@ -275,140 +89,6 @@ def read_ahead(batches: Iterator[pa.RecordBatch], depth: int = 8) -> Iterator[pa
                 buffer.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
-
-
-_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0", "'": "\\'"})
-
-
-def _param_strings(params: dict[str, Any] | None) -> dict[str, Any]:
-    """Query parameters as chDB takes them: text escaped the way the server parses it.
-
-    Over HTTP clickhouse-connect does this; chDB takes the text as is, so a backslash, tab
-    or newline in a value would otherwise be read differently by the two engines.
-    """
-    out: dict[str, Any] = {}
-    for key, value in (params or {}).items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            value = str(value).translate(_ESCAPES)
-        out[key] = value
-    return out
-
-
-_TTL_MOVES = re.compile(r"\b(TO\s+(DISK|VOLUME)|RECOMPRESS|GROUP\s+BY)\b", re.IGNORECASE)
-
-
-def _split_top(text: str, sep: str = ",") -> list[str]:
-    """Split on ``sep`` outside parentheses and quotes."""
-    parts, depth, quote_char, start = [], 0, "", 0
-    for i, ch in enumerate(text):
-        if quote_char:
-            if ch == quote_char and text[i - 1] != "\\":
-                quote_char = ""
-        elif ch in "'`\"":
-            quote_char = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == sep and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts if p.strip()]
-
-
-def delete_ttls(engine_full: str) -> list[str]:
-    """The expressions of a table's row-deleting TTL rules, from ``system.tables.engine_full``."""
-    match = re.search(r"\sTTL\s(.*?)(\sSETTINGS\s.*)?$", engine_full, re.DOTALL)
-    if not match:
-        return []
-    out = []
-    for rule in _split_top(match.group(1)):
-        if _TTL_MOVES.search(rule):
-            continue
-        rule = re.split(r"\s+DELETE\b", rule, maxsplit=1, flags=re.IGNORECASE)[0].strip()
-        if rule:
-            out.append(rule)
-    return out
-
-
-def connect(config: SourceConfig) -> Engine:
-    """Open the engine the DSN names: chDB for ``chdb://``, HTTP otherwise."""
-    if config.embedded:
-        path = config.dsn[len("chdb://") :] or ":memory:"
-        return ChdbEngine(path)
-    return HttpEngine(config)
-
-
-# ---------------------------------------------------------------------------------------
-# Windows and the offload queries
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """A position in a table: the last (time, tie-breakers…) tuple committed.
-
-    ``values[0]`` is the time column rendered in UTC as text (``YYYY-MM-DD hh:mm:ss[.f…]``),
-    the rest are the tie-breaker values as ClickHouse returned them.
-    """
-
-    values: tuple[Any, ...]
-
-    @property
-    def time(self) -> str:
-        return str(self.values[0])
-
-    def to_json(self) -> list[Any]:
-        return list(self.values)
-
-    @classmethod
-    def from_json(cls, data: Sequence[Any]) -> Cursor:
-        return cls(tuple(data))
-
-    def sort_key(self) -> tuple[Any, ...]:
-        return (_normalise_time(self.time), *self.values[1:])
-
-
-def _normalise_time(text: str) -> str:
-    """Pad the fraction to nine digits so text comparison orders instants."""
-    head, _, frac = text.partition(".")
-    return f"{head}.{frac.ljust(9, '0')}"
-
-
-def parse_time(text: str) -> datetime:
-    head, _, frac = text.partition(".")
-    return datetime.strptime(f"{head}.{(frac or '0')[:6].ljust(6, '0')}", TS_FORMAT).replace(tzinfo=UTC)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def micros(text: str) -> int:
-    """A UTC time text as microseconds since the epoch (sub-microsecond digits truncated)."""
-    return (parse_time(text) - _EPOCH) // timedelta(microseconds=1)
-
-
-def from_micros(value: int) -> str:
-    return format_time(_EPOCH + timedelta(microseconds=value))
-
-
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime(TS_FORMAT)
-
-
-@dataclass(frozen=True)
-class Window:
-    """Rows after ``lo`` (exclusive tuple, or inclusive time when ``inclusive``) up to ``hi`` (inclusive time)."""
-
-    lo: Cursor | None
-    hi: str
-    inclusive: bool = False
-
-
-@dataclass(frozen=True)
-class WindowStats:
-    rows: int
-    last: Cursor | None
 
 
 class Source:
@@ -524,7 +204,7 @@ class Source:
     def window_end(self, first: str, max_window: float, hi: str) -> str:
         """The inclusive end of a window starting at ``first``: no longer than ``max_window``."""
         end = parse_time(first) + timedelta(seconds=max_window)
-        return min(format_time(end), hi, key=_normalise_time)
+        return min(format_time(end), hi, key=time_key)
 
     def last_at_or_before(self, moment: str) -> Cursor | None:
         """The greatest cursor tuple whose time is at or before ``moment`` (read in key order)."""

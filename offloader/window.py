@@ -27,13 +27,14 @@ from typing import Any
 import pyarrow as pa
 
 from offloader import __version__, types
+from offloader.cursor import Cursor, Window, micros
 from offloader.errors import CatalogError, CommitConflictError, CommitUnknownError, WindowMismatchError
 from offloader.faults import checkpoint, reply_lost
 from offloader.job import TableJob
 from offloader.ports import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY
 from offloader.results import WindowResult
 from offloader.sink import WindowWrite
-from offloader.source import Cursor, Window, micros, read_ahead
+from offloader.source import read_ahead
 
 
 class Windows:

@@ -27,8 +27,8 @@ import pyarrow as pa
 import pytest
 from storage import FSSPEC_SETUPS, SETUPS, SeaweedFS, Storage
 
+from offloader.clickhouse import ChdbEngine
 from offloader.config import Config, load_config
-from offloader.source import ChdbEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_DSN = os.environ.get("OFFLOADER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

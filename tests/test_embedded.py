@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import ROOT, clean_env
 
 from offloader import demo
-from offloader.source import ChdbEngine
+from offloader.clickhouse import ChdbEngine
 
 
 def run(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

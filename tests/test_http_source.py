@@ -203,9 +203,9 @@ def test_endpoint_speaks_what_offloader_uses(ws: Workspace, endpoint: Endpoint) 
     """Over the endpoint, clickhouse-connect does DDL, INSERT ... SELECT, Native and Arrow queries, a streamed ArrowStream, server-side parameters and errors."""
     from clickhouse_connect.driver.exceptions import DatabaseError
 
+    from offloader.clickhouse import HttpEngine
     from offloader.config import SourceConfig
     from offloader.errors import SourceError
-    from offloader.source import HttpEngine
 
     ws.chdb_path.mkdir(parents=True)
     endpoint.start()

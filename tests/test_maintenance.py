@@ -383,7 +383,7 @@ def test_maintenance_racing_offload_cycles_loses_and_duplicates_nothing(ws: Work
 def test_ttl_headroom_is_exported_and_flagged_by_status(ws: Workspace) -> None:
     """The oldest row not offloaded yet has TTL minus its age left; status flags it under the margin."""
     from offloader.metrics import Metrics
-    from offloader.schedule import Service
+    from offloader.service import Service
 
     ws.tables = [daily_table()]
     ws.create_trades()
@@ -436,7 +436,7 @@ def test_check_rejects_bad_arguments_with_a_message(ws: Workspace, bad: str) -> 
 def test_the_service_daily_slot_maintains_checks_and_exports_metrics(ws: Workspace) -> None:
     """The maintenance job of the service compacts, checks (and repairs when configured) and sets the metrics."""
     from offloader.metrics import Metrics
-    from offloader.schedule import Service
+    from offloader.service import Service
 
     ws.tables = [daily_table()]
     ws.maintenance = {"repair": True}

@@ -179,8 +179,8 @@ def test_sigterm_during_a_cycle_exits_cleanly_and_the_next_start_resumes_exactly
 
 def test_healthz_turns_503_when_the_scheduler_is_wedged_or_stopped(ws: Workspace) -> None:
     """/healthz answers 200 while the scheduler ticks, 503 once it stops ticking (paused) and when it is shut down."""
-    from offloader.schedule import Service
     from offloader.server import serve
+    from offloader.service import Service
 
     ws.tables = [trades_table()]
     ws.schedule.update(interval="1h", run_at_start=False)
@@ -207,8 +207,8 @@ def test_healthz_turns_503_when_the_scheduler_is_wedged_or_stopped(ws: Workspace
 
 def test_readyz_names_the_part_that_does_not_answer(ws: Workspace, tmp_path: Any) -> None:
     """/readyz is 503 naming the state store when it does not answer, 200 when everything does."""
-    from offloader.schedule import Service
     from offloader.server import serve
+    from offloader.service import Service
 
     ws.tables = [trades_table()]
     ws.create_trades()
@@ -295,7 +295,7 @@ def test_schedule_jobs_follow_config_cron_per_table_cron_and_run_at_start(ws: Wo
     """The cycle runs on [schedule] cron, a table with its own cron runs apart, and run_at_start=false waits for the cron."""
     from datetime import UTC, datetime, timedelta
 
-    from offloader.schedule import Service
+    from offloader.service import Service
 
     ws.tables = [trades_table(), trades_table("hourly", source="k2.trades", target="cold.hourly", cron="0 * * * *")]
     ws.schedule.update(cron="*/15 * * * *", run_at_start=False, maintenance_cron="0 2 * * *")

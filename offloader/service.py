@@ -23,11 +23,12 @@ from typing import Any
 
 import structlog
 
+from offloader import scheduler
 from offloader.app import App
 from offloader.config import TableConfig
+from offloader.cursor import format_time
 from offloader.metrics import Metrics
 from offloader.results import TableResult
-from offloader.source import format_time
 
 HEARTBEAT_SECONDS = 1.0
 
@@ -36,9 +37,6 @@ class Service:
     """offloader as a daemon: scheduler, metrics and the state behind the HTTP endpoints."""
 
     def __init__(self, app: App, metrics: Metrics | None = None, *, monotonic: Callable[[], float] = time.monotonic) -> None:
-        from apscheduler.executors.pool import ThreadPoolExecutor
-        from apscheduler.schedulers.background import BackgroundScheduler
-
         self.app = app
         self.config = app.config
         self.metrics = metrics or Metrics()
@@ -52,21 +50,14 @@ class Service:
         self.cycles_done = 0
         self._idle = threading.Event()
         self._idle.set()
-        self.scheduler = BackgroundScheduler(
-            timezone=UTC,
-            executors={"default": ThreadPoolExecutor(1), "heartbeat": ThreadPoolExecutor(1)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
-        )
+        self.scheduler = scheduler.background()
 
     # -- jobs ------------------------------------------------------------------------------
 
     def _trigger(self, cron: str | None) -> Any:
-        from apscheduler.triggers.cron import CronTrigger
-        from apscheduler.triggers.interval import IntervalTrigger
-
-        if cron is None and self.config.schedule.interval:
-            return IntervalTrigger(seconds=self.config.schedule.interval, timezone=UTC)
-        return CronTrigger.from_crontab(cron or self.config.schedule.cron, timezone=UTC)
+        return scheduler.trigger(
+            cron or (None if self.config.schedule.interval else self.config.schedule.cron), self.config.schedule.interval
+        )
 
     def start(self) -> None:
         """Register the jobs and start the scheduler (returns at once)."""
@@ -182,9 +173,7 @@ class Service:
 
     def healthy(self) -> bool:
         """The scheduler runs and its heartbeat is fresh."""
-        from apscheduler.schedulers.base import STATE_RUNNING
-
-        return self.scheduler.state == STATE_RUNNING and self.monotonic() - self.last_tick < self.health_timeout
+        return scheduler.running(self.scheduler) and self.monotonic() - self.last_tick < self.health_timeout
 
     def next_runs(self) -> dict[str, str | None]:
         """Each table's next scheduled run (ISO, UTC)."""
