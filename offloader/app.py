@@ -21,11 +21,11 @@ from offloader import clickhouse, consistency, maintenance, reset
 from offloader.config import Config, TableConfig
 from offloader.cursor import Cursor, parse_time
 from offloader.errors import ConfigError, OffloaderError
+from offloader.iceberg import Sink
 from offloader.job import TableJob
 from offloader.offload import Offload
 from offloader.ports import Engine
 from offloader.results import MAINTENANCE_ACTIONS, ActionResult, Observer, TableResult
-from offloader.sink import Sink, SinkTable
 from offloader.source import Source
 from offloader.state import StateStore
 
@@ -235,9 +235,8 @@ class App:
             rows = snapshot = None
             copied_to = None  # the time up to which Iceberg holds the source's rows
             try:
-                loaded = self.sink.load(table.target)
-                if loaded is not None:
-                    sink_table = SinkTable(loaded, table, writable=False)
+                sink_table = self.sink.load(table, writable=False)
+                if sink_table is not None:
                     marker = sink_table.marker()
                     rows = sink_table.row_count()
                     snapshot = marker.snapshot_id if marker else None

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow as pa
 
@@ -29,7 +28,6 @@ from offloader.cursor import from_micros, micros
 from offloader.errors import ConfigError, OffloaderError
 from offloader.job import TableJob, finish_action, guarded
 from offloader.results import ActionResult
-from offloader.sink import SinkTable
 from offloader.source import Source, quote
 from offloader.window import Windows
 
@@ -77,24 +75,23 @@ class CheckResult:
         return len(self.differing) / self.buckets if self.buckets else 0.0
 
 
-def canonical(field_type: Any, column: str) -> str:
-    """The ClickHouse expression a key column is hashed as, the same on both sides."""
-    from pyiceberg import types as it
+_HASHED = {
+    "timestamp": "toUnixTimestamp64Micro(toDateTime64({}, 6, 'UTC'))",
+    "date": "toInt32(toDate32({}))",
+    "integer": "toInt64({})",
+    "boolean": "toUInt8({})",
+    "text": "toString({})",
+}
 
+
+def canonical(kind: str, column: str) -> str:
+    """The ClickHouse expression a key column of ``kind`` is hashed as, the same on both sides."""
     name = quote(column)
-    if isinstance(field_type, it.TimestampType | it.TimestamptzType | it.TimestampNanoType):
-        expr = f"toUnixTimestamp64Micro(toDateTime64({name}, 6, 'UTC'))"
-    elif isinstance(field_type, it.DateType):
-        expr = f"toInt32(toDate32({name}))"
-    elif isinstance(field_type, it.IntegerType | it.LongType):
-        expr = f"toInt64({name})"
-    elif isinstance(field_type, it.BooleanType):
-        expr = f"toUInt8({name})"
-    elif isinstance(field_type, it.FloatType | it.DoubleType | it.DecimalType | it.StringType):
-        expr = f"toString({name})"
+    if kind in _HASHED:
+        expr = _HASHED[kind].format(name)
     else:
         raise ConfigError(
-            f"check_columns: column {column!r} is {field_type} in Iceberg, which the checksum does not take; "
+            f"check_columns: column {column!r} is {kind} in Iceberg, which the checksum does not take; "
             "use time, date, integer, boolean, float, decimal or string columns"
         )
     return f"ifNull(toString({expr}), ''), isNull({name})"
@@ -129,8 +126,7 @@ class Check:
     # -- comparing -----------------------------------------------------------------------
 
     def _compare(self, result: CheckResult, since: str | None) -> None:
-        loaded = self.job.sink.load(self.table.target)
-        sink_table = SinkTable(loaded, self.table, writable=False) if loaded is not None else None
+        sink_table = self.job.sink.load(self.table, writable=False)
         marker = sink_table.marker() if sink_table is not None else None
         if sink_table is None or marker is None:
             result.detail = "nothing offloaded yet"
@@ -143,15 +139,15 @@ class Check:
             result.detail = "ClickHouse holds no complete bucket behind the cursor"
             return
         result.lo, result.hi = lo, hi
-        schema = sink_table.schema
+        kinds = sink_table.column_kinds()
         keys = list(self.table.key_columns)
-        missing = [k for k in keys if k not in {f.name for f in schema.fields}]
+        missing = [k for k in keys if k not in kinds]
         if missing:
             raise ConfigError(f"tables.{self.table.name}.check_columns: {', '.join(missing)} not in {self.table.target}")
         time_col = quote(self.table.cursor[0])
         moment = f"toUnixTimestamp64Micro(toDateTime64({time_col}, 6, 'UTC'))"
         bucket = f"intDiv({moment}, {self.bucket_us}) - ({moment} % {self.bucket_us} < 0)"
-        hashed = ", ".join(canonical(schema.find_field(k).field_type, k) for k in keys)
+        hashed = ", ".join(canonical(kinds[k], k) for k in keys)
         select = f"{bucket} AS bucket, count(), sum(cityHash64({hashed}))"
         buckets: dict[int, Bucket] = {}
         for index, rows, checksum in source.bucket_sums(select, lo, hi):

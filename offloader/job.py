@@ -25,9 +25,8 @@ import structlog
 
 from offloader.config import Config, TableConfig
 from offloader.errors import InternalError, LockBusyError, OffloaderError, ShutdownRequested
-from offloader.ports import AuditRecord, Engine, StateStore
+from offloader.ports import AuditRecord, Engine, Sink, StateStore
 from offloader.results import ActionResult, Observer
-from offloader.sink import Sink
 from offloader.source import Source
 
 

@@ -29,9 +29,8 @@ import pyarrow as pa
 from offloader.cursor import micros
 from offloader.errors import CatalogError, CommitConflictError
 from offloader.job import TableJob, finish_action, guarded, settle
-from offloader.ports import DataFileEntry
+from offloader.ports import DataFileEntry, SinkTable
 from offloader.results import MAINTENANCE_ACTIONS, ActionResult
-from offloader.sink import SinkTable
 
 SMALL = 0.75  # a file under this share of the target size is worth compacting
 CHUNK_BYTES = 32 * 2**20
@@ -50,7 +49,7 @@ class Maintenance:
         results: list[ActionResult] = []
 
         def body() -> None:
-            loaded = self.job.sink.load(self.table.target)
+            loaded = self.job.sink.load(self.table, writable=not dry_run)
             results.extend(self._action(action, loaded, dry_run) for action in actions)
 
         outcome = guarded(
@@ -71,9 +70,8 @@ class Maintenance:
         if loaded is None:
             result.outcome, result.detail = "nothing_to_do", "the Iceberg table does not exist yet"
         else:
-            sink_table = SinkTable(loaded, self.table, writable=not dry_run)
             done = settle(
-                partial(self._run_action, action, sink_table, result), self.log, crashed="maintenance_crashed", stopped="skipped"
+                partial(self._run_action, action, loaded, result), self.log, crashed="maintenance_crashed", stopped="skipped"
             )
             if not done.ok:
                 result.outcome, result.detail = done.outcome, done.detail
@@ -108,7 +106,7 @@ class Maintenance:
         cursor_partition = sink_table.time_partition_of(column, cursor)
         settled = cursor - int(self.settings.settle * 1_000_000)
         target = self.settings.target_file_size
-        default_spec = sink_table.table.spec().spec_id
+        default_spec = sink_table.default_spec_id
 
         def closed(entry: DataFileEntry) -> bool:
             if cursor_partition is not None:
@@ -215,9 +213,9 @@ class Maintenance:
         listed = sink_table.all_files()
         live = {_plain(e.path) for e in sink_table.data_files(self.table.cursor[0])}
         seen = {_plain(path) for path, _, _ in listed}
-        if _plain(sink_table.table.metadata_location) not in seen or not live <= seen:
+        if _plain(sink_table.metadata_location) not in seen or not live <= seen:
             raise CatalogError(
-                f"{self.table.target}: the files listed under {sink_table.table.metadata.location} do not include the "
+                f"{self.table.target}: the files listed under {sink_table.location} do not include the "
                 "table's own metadata and data files; orphan removal deleted nothing"
             )
         cutoff = self.job.clock() - self.settings.orphan_age

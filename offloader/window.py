@@ -26,14 +26,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from offloader import __version__, types
+from offloader import __version__
+from offloader.chtypes import TypeOptions
+from offloader.convert import convert_batch
 from offloader.cursor import Cursor, Window, micros
 from offloader.errors import CatalogError, CommitConflictError, CommitUnknownError, WindowMismatchError
 from offloader.faults import checkpoint, reply_lost
 from offloader.job import TableJob
-from offloader.ports import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY
+from offloader.ports import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, WindowWrite
 from offloader.results import WindowResult
-from offloader.sink import WindowWrite
 from offloader.source import read_ahead
 
 
@@ -45,15 +46,14 @@ class Windows:
         self.run_id = run_id
         self.log = log
         table = job.table
-        options = types.TypeOptions(
+        options = TypeOptions(
             uint64=table.uint64,  # type: ignore[arg-type]
             bigint=table.bigint,  # type: ignore[arg-type]
             truncate_datetime64=table.truncate_datetime64,
         )
         self.source = job.source()
-        self.plans = types.plan_columns(self.source.columns(), options)
-        self.schema = types.iceberg_schema(self.plans)
-        self.table = job.sink.open(table, self.schema, table.target_file_size or job.config.offload.target_file_size)
+        self.plans = job.sink.plan_columns(self.source.columns(), options)
+        self.table = job.sink.open(table, self.plans, table.target_file_size or job.config.offload.target_file_size)
         self.mismatches = 0
 
     def marker(self, cursor: list[Any], rows: int, hi: str, **extra: str) -> dict[str, str]:
@@ -73,7 +73,7 @@ class Windows:
 
     def write(self, window: Window) -> WindowWrite:
         """Stream the window's rows into data files of an open write; return it."""
-        tx = self.table.begin(self.schema)
+        tx = self.table.begin(self.plans)
         stop = "the window in flight was abandoned before its commit"
         try:
             target = tx.arrow_schema
@@ -84,7 +84,7 @@ class Windows:
             for batch in read_ahead(self.source.read(window, select)):
                 if batch.num_rows == 0:
                     continue
-                converted = types.convert_batch(batch, self.plans, target)
+                converted = convert_batch(batch, self.plans, target)
                 buffered.append(converted)
                 size += converted.nbytes
                 if size >= limit:
@@ -184,7 +184,7 @@ class Windows:
             tx = self.write(window)
             self.verify(tx, rows, window)
         else:
-            rows, tx = 0, self.table.begin(self.table.schema)
+            rows, tx = 0, self.table.begin()
         replaced = tx.replaced_files(self.job.table.cursor[0], micros(start), micros(end))
         if read and not rows and not replaced:
             tx.discard()

@@ -140,18 +140,16 @@ def test_expiry_keeps_what_the_offload_needs(ws: Workspace) -> None:
 
 def test_protected_snapshots_reach_back_to_the_marker(ws: Workspace) -> None:
     """A foreign snapshot on top (no marker) keeps the lineage back to the newest marker protected."""
-    from offloader.sink import SinkTable
-
     ws.tables = [daily_table()]
     ws.create_trades()
     ws.insert_trades(100, start="2026-01-01 00:00:00")
     app = ws.app()
     app.run_cycle()
     marker_snapshot = ws.iceberg_table("cold.trades").current_snapshot().snapshot_id
-    raw = app.sink.load("cold.trades")
+    raw = app.sink.load(app.config.table("trades")).table
     raw.transaction().update_snapshot(snapshot_properties={"writer": "someone-else"}).fast_append().commit()
-    raw = app.sink.load("cold.trades")
-    sink_table = SinkTable(raw, app.config.table("trades"), writable=False)
+    sink_table = app.sink.load(app.config.table("trades"), writable=False)
+    raw = sink_table.table
     protected = sink_table.protected_snapshots()
     assert marker_snapshot in protected and raw.current_snapshot().snapshot_id in protected
     assert sink_table.marker() is not None and sink_table.marker().snapshot_id == marker_snapshot

@@ -26,17 +26,10 @@ from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.schema import index_by_id
 from pyiceberg.types import IcebergType, ListType, MapType, StructType
 
+from offloader.chtypes import ChType, ColumnPlan, TypeOptions, parse_type, render_type
+from offloader.convert import convert_batch
 from offloader.errors import ConfigError, DataError, SchemaError, UnsupportedTypeError, ValueOutOfRangeError
-from offloader.types import (
-    ChType,
-    ColumnPlan,
-    TypeOptions,
-    convert_batch,
-    iceberg_schema,
-    parse_type,
-    plan_columns,
-    render_type,
-)
+from offloader.iceberg.mapping import iceberg_schema, plan_columns
 
 UTC = dt.UTC
 DEFAULT = TypeOptions()

@@ -1,0 +1,89 @@
+"""Every call offloader makes into PyIceberg's private API, and why.
+
+PyIceberg's public API does not cover everything a writer that controls its own files and
+commits needs. Each use of a private name is here, one function each, with the reason and
+what breaks without it; ``tests/test_iceberg_internals.py`` pins each against the installed
+PyIceberg, so an upgrade that renames or changes one fails a fast test instead of a
+production cycle. Nothing else in offloader touches a PyIceberg name starting with ``_``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+REST_TIMEOUT = "rest.request-timeout"  # offloader's own property: seconds a REST call may take
+
+
+def bounded_rest_catalog(name: str, properties: dict[str, str]) -> Any:
+    """PyIceberg's REST catalog with every HTTP request bounded in time.
+
+    PyIceberg 0.12 sends REST requests without a timeout, so a catalog that stops answering
+    would hang a cycle for ever. Each session it creates (its ``_create_session``, also used
+    for the config and token requests) gets adapters whose ``send`` defaults the timeout to
+    ``rest.request-timeout`` (60 s). A stalled commit then times out and is settled from the
+    snapshot history like any unknown outcome. tests/test_storage_faults.py stalls the REST
+    catalog and would hang, not pass, if an upgrade stopped calling ``_create_session``.
+    """
+    from pyiceberg.catalog.rest import RestCatalog
+
+    seconds = float(properties.get(REST_TIMEOUT, "60"))
+
+    class BoundedRestCatalog(RestCatalog):
+        def _create_session(self) -> Any:
+            session = super()._create_session()
+            for adapter in set(session.adapters.values()):
+                adapter.send = _bounded(adapter.send, seconds)  # type: ignore[method-assign]
+            return session
+
+    return BoundedRestCatalog(name, **properties)
+
+
+def _bounded(send: Any, seconds: float) -> Any:
+    def bounded_send(request: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = seconds
+        return send(request, *args, **kwargs)
+
+    return bounded_send
+
+
+def written_bytes(writer: Any) -> int:
+    """Bytes a Parquet file writer has put in its file so far: when to roll to the next file.
+
+    PyIceberg's format writer keeps its output stream in the private ``_fos``; its public
+    surface has no byte count. Without it every window would go into one file per
+    partition, however big (the tests pin that the attribute exists and counts bytes).
+    """
+    stream = getattr(writer, "_fos", None)
+    try:
+        return int(stream.tell()) if stream is not None else 0
+    except Exception:
+        return 0
+
+
+def to_requested_schema(schema: Any, file_schema: Any, batch: pa.RecordBatch, format_model: Any) -> pa.RecordBatch:
+    """``batch`` in the table schema's Parquet layout, with field ids (``_to_requested_schema``).
+
+    PyIceberg's own append path uses this private function to put field ids on the Arrow
+    data it writes; offloader writes its files itself (rolling, two lanes) and needs the
+    same layout, or readers would not map the columns by id.
+    """
+    from pyiceberg.io.pyarrow import _to_requested_schema
+
+    return _to_requested_schema(schema, file_schema, batch, include_field_ids=True, format_model=format_model)
+
+
+def determine_partitions(spec: Any, schema: Any, table: pa.Table) -> Iterator[tuple[Any, pa.Table]]:
+    """(partition key, rows) of an Arrow table that spans several partitions (``_determine_partitions``).
+
+    The public write path splits by partition only inside ``append``; offloader splits
+    itself to keep its own files, with PyIceberg's function so that partition values are
+    computed exactly as PyIceberg computes them.
+    """
+    from pyiceberg.io.pyarrow import _determine_partitions
+
+    for part in _determine_partitions(spec, schema, table):
+        yield part.partition_key, part.arrow_table_partition
