@@ -197,7 +197,7 @@ def warm_idle_cycle(config: Path) -> float:
     import statistics
 
     from offloader.app import App
-    from offloader.config import load_config
+    from offloader.config_loader import load_config
 
     app = App(load_config(config, env={}))
     try:

@@ -95,7 +95,7 @@ class App:
     ) -> TableJob:  # fmt: skip
         """What one operation on ``table`` needs, wired from this app's adapters."""
         return TableJob(
-            table, self.config, lambda: self.engine, self.sink, self.state,
+            table, self.config, lambda: self.engine, self.sink, self.state, clickhouse.local_arrow_rows,
             observer=observer or Observer(), stop=stop or threading.Event(), clock=clock,
         )  # fmt: skip
 

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from offloader import __version__, log
-from offloader.config import Config, TableConfig, load_config
+from offloader.config import Config, TableConfig
+from offloader.config_loader import load_config
 from offloader.errors import ConfigError, OffloaderError
 from offloader.results import AUDITED_ACTIONS, Observer, TableResult
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from offloader.clickhouse import local_arrow_rows
 from offloader.cursor import from_micros, micros
 from offloader.errors import ConfigError, OffloaderError
 from offloader.job import TableJob, finish_action, guarded
@@ -172,7 +171,7 @@ class Check:
 
     def _add_iceberg(self, buckets: dict[int, Bucket], select: str, batches: list[pa.RecordBatch]) -> None:
         table = pa.Table.from_batches(batches)
-        for index, rows, checksum in local_arrow_rows(f"SELECT {select} FROM Python(arrow_input) GROUP BY bucket", table):
+        for index, rows, checksum in self.job.arrow_query(f"SELECT {select} FROM Python(arrow_input) GROUP BY bucket", table):
             entry = buckets.setdefault(int(index), Bucket(from_micros(int(index) * self.bucket_us)))
             entry.iceberg_rows += int(rows)
             entry.iceberg_sum = (entry.iceberg_sum + int(checksum)) & MASK

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import structlog
 
 from offloader.config import Config, TableConfig
@@ -39,6 +40,7 @@ class TableJob:
     connect: Callable[[], Engine]  # the source connection, opened on first use: maintenance never needs it
     sink: Sink
     state: StateStore
+    arrow_query: Callable[[str, pa.Table], list[tuple[Any, ...]]]  # the embedded engine over Arrow (checksums)
     observer: Observer = field(default_factory=Observer)
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.time

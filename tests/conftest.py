@@ -28,7 +28,8 @@ import pytest
 from storage import FSSPEC_SETUPS, SETUPS, SeaweedFS, Storage
 
 from offloader.clickhouse import ChdbEngine
-from offloader.config import Config, load_config
+from offloader.config import Config
+from offloader.config_loader import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_DSN = os.environ.get("OFFLOADER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

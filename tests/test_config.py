@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, dedent
 
-from offloader.config import ConfigError, load_config, parse_duration, parse_size
+from offloader.config import ConfigError, parse_duration, parse_size
+from offloader.config_loader import load_config
 
 GOOD = dedent(
     """

@@ -18,7 +18,8 @@ import pyarrow as pa
 import pytest
 
 from offloader import demo
-from offloader.config import load_config, parse_duration
+from offloader.config import parse_duration
+from offloader.config_loader import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = 50_000

@@ -332,7 +332,7 @@ def test_passwords_agree_between_services(compose: dict[str, Any]) -> None:
 
 def test_stack_offloader_config_loads_with_the_container_environment(compose: dict[str, Any], tmp_path: Path) -> None:
     """The mounted offloader.toml passes offloader's validator with the image's and compose's environment, and names the stack's hosts."""
-    from offloader.config import load_config
+    from offloader.config_loader import load_config
 
     service = _service(compose, "offloader")
     command = service["command"]
@@ -762,7 +762,7 @@ def test_stack_rest_catalog_variant_loads(compose: dict[str, Any], tmp_path: Pat
     """offloader.toml's commented-out REST [catalog], with compose's commented-out credential, passes offloader's validator and points at SeaweedFS's catalog."""
     from urllib.parse import urlsplit
 
-    from offloader.config import load_config
+    from offloader.config_loader import load_config
 
     text = (ROOT / "deploy/offloader/offloader.toml").read_text()
     lines = text.splitlines()
