@@ -18,13 +18,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from offloader import __version__, log
+from offloader import __version__, cli_demo, log
 from offloader.config import Config, TableConfig
 from offloader.config_loader import load_config
-from offloader.errors import ConfigError, OffloaderError
+from offloader.errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ConfigError, OffloaderError
 from offloader.results import AUDITED_ACTIONS, Observer, TableResult
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 
 
 class _Progress(Observer):
@@ -131,9 +129,9 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     from offloader.app import App
 
     if args.command == "demo" and args.demo_command == "seed":
-        return _demo_seed(config, args.rows, args.hours)
+        return cli_demo.seed(config, args.rows, args.hours)
     if args.command == "demo":
-        return _demo_run(config, args)
+        return cli_demo.run(config, args, _serve)
     app = App(config)
     try:
         if args.command == "once":
@@ -382,75 +380,6 @@ def _serve(app: Any, before_wait: Any = None) -> int:
     finally:
         if server is not None:
             server.shutdown()
-    return EXIT_OK
-
-
-def _demo_run(config: Config, args: argparse.Namespace) -> int:
-    """Seed if empty, feed live trades into the embedded source, run the service on a short schedule."""
-    import dataclasses
-
-    from offloader import demo
-    from offloader.app import App
-    from offloader.config import parse_duration
-
-    if not config.source.embedded:
-        raise ConfigError(f"source.dsn = {config.source.display_dsn!r}: demo run needs the embedded engine (chdb://...)")
-    try:
-        interval = parse_duration(args.interval)
-    except ValueError:
-        raise ConfigError(f'--interval = {args.interval!r}: expected a duration such as "5s"') from None
-    config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, interval=max(interval, 1.0)))
-    app = App(config)
-    try:
-        demo.ensure_schema(app.engine)
-        if demo.is_empty(app.engine):
-            print(f"seeding {args.rows:,} trades into {config.source.display_dsn} ...", file=sys.stderr)
-            demo.seed(app.engine, args.rows)
-        stop = threading.Event()
-
-        def feed() -> None:
-            log_ = __import__("structlog").get_logger("offloader")
-            while not stop.wait(1.0):
-                try:
-                    demo.live_batch(app.engine, args.feed_rows)
-                except OffloaderError as exc:
-                    log_.warning("demo_feed_failed", error=str(exc))
-
-        def start_feed(service: Any) -> None:
-            threading.Thread(target=feed, name="offloader-demo-feed", daemon=True).start()
-            where = f"http://{config.server.host}:{config.server.port}"
-            print(f"offloader demo: live feed running; see {where}/status and {where}/metrics (Ctrl-C stops)", file=sys.stderr)
-
-        try:
-            return _serve(app, before_wait=start_feed)
-        finally:
-            stop.set()
-    finally:
-        app.close()
-
-
-def _demo_seed(config: Config, rows: int, hours: float) -> int:
-    from offloader import demo
-    from offloader.clickhouse import connect
-
-    if rows <= 0:
-        raise ConfigError(f"--rows = {rows}: expected a positive number of rows")
-    if not config.source.embedded:
-        raise ConfigError(f"source.dsn = {config.source.display_dsn!r}: demo seed only fills the embedded engine (chdb://...)")
-    engine = connect(config.source)
-    try:
-        tty = sys.stderr.isatty()
-        started = time.monotonic()
-
-        def progress(done: int, total: int) -> None:
-            if tty:
-                print(f"\r  seeding: {done:,}/{total:,} rows", end="\n" if done >= total else "", file=sys.stderr, flush=True)
-
-        demo.ensure_schema(engine)
-        added = demo.seed(engine, rows, hours=hours, progress=progress)
-        print(f"seeded {added:,} bronze trade rows into {config.source.display_dsn} in {time.monotonic() - started:.1f}s")
-    finally:
-        engine.close()
     return EXIT_OK
 
 

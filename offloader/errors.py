@@ -24,6 +24,9 @@ Every adapter catches its library's errors once and re-raises one of these ``fro
 
 from __future__ import annotations
 
+# The exit codes of the command line: done, failed (the messages say why), a usage error, a bug.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
+
 
 def first_line(exc: BaseException) -> str:
     """The first line of a library error's text (bounded), for one-line messages."""

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from offloader import demo
+from offloader import demo, demo_feed
 from offloader.config import parse_duration
 from offloader.config_loader import load_config
 
@@ -76,7 +76,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         demo.ensure_schema(engine)
         empty_with_schema = demo.is_empty(engine)
         calls: list[tuple[int, int]] = []
-        added = demo.seed(engine, ROWS, hours=HOURS, seed=7, progress=lambda done, total: calls.append((done, total)))
+        added = demo_feed.seed(engine, ROWS, hours=HOURS, seed=7, progress=lambda done, total: calls.append((done, total)))
         counts = {table: engine.value(f"SELECT count() FROM {table}") for table in BRONZE}
         yield Seeded(engine, empty_without_schema, empty_with_schema, demo.is_empty(engine), added, counts, calls)
     finally:
@@ -233,7 +233,7 @@ def test_second_seed_appends_after_existing_rows(seeded: Seeded) -> None:
     engine = seeded.engine
     before = {t: engine.rows(f"SELECT count(), max(sequence_number) FROM {t}")[0] for t in BRONZE}
     newest = max(engine.value(f"SELECT max(ingestion_timestamp) FROM {t}") for t in BRONZE)
-    assert demo.seed(engine, 20_000, hours=1.0, seed=8) == 20_000
+    assert demo_feed.seed(engine, 20_000, hours=1.0, seed=8) == 20_000
     added = 0
     for table in BRONZE:
         count, max_seq = before[table]
@@ -256,7 +256,7 @@ def test_live_batch_adds_trades_near_server_now(seeded: Seeded) -> None:
     total = "SELECT count() FROM k2.silver_trades"
     before = engine.value(total)
     newest = max(engine.value(f"SELECT max(ingestion_timestamp) FROM {t}") for t in BRONZE)
-    assert demo.live_batch(engine, 300) == 300
+    assert demo_feed.live_batch(engine, 300) == 300
     assert engine.value(total) == before + 300
     now, oldest, latest, distinct = engine.rows(
         "SELECT now64(6, 'UTC'), min(ingestion_timestamp), max(ingestion_timestamp), uniqExact(exchange, sequence_number) "
@@ -272,9 +272,9 @@ def test_live_batch_adds_trades_near_server_now(seeded: Seeded) -> None:
 def test_seed_rejects_impossible_arguments(seeded: Seeded) -> None:
     """A negative row count or a non-positive span is refused before anything is inserted."""
     with pytest.raises(ValueError, match="rows"):
-        demo.seed(seeded.engine, -1)
+        demo_feed.seed(seeded.engine, -1)
     with pytest.raises(ValueError, match="hours"):
-        demo.seed(seeded.engine, 10, hours=0)
+        demo_feed.seed(seeded.engine, 10, hours=0)
 
 
 def test_table_configs_form_the_ten_table_set(seeded: Seeded) -> None:

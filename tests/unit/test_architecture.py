@@ -19,16 +19,20 @@ PACKAGE = Path(__file__).resolve().parents[2] / "offloader"
 
 # Bottom to top, as docs/architecture.md draws them.
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "cursor", "faults", "log", "chtypes", "ttl", "scheduler"},
-    {"config", "validation", "convert"},
-    {"ports", "results"},
+    {"__init__", "errors"},
+    {"cursor", "faults", "log", "chtypes", "ttl", "scheduler"},
+    {"config", "convert"},
+    {"config_checks"},
+    {"config_loader", "ports", "results"},
     {"clickhouse", "iceberg", "state", "metrics", "source", "demo"},
+    {"demo_feed"},
     {"job"},
     {"window"},
     {"offload", "maintenance", "consistency", "reset"},
     {"app"},
     {"service"},
     {"server"},
+    {"cli_demo"},
     {"cli"},
     {"__main__"},
 ]
@@ -69,8 +73,13 @@ def imports(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-            if node.module == "offloader":
-                names.update(f"offloader.{alias.name}" for alias in node.names)
+            if node.module == "offloader":  # a module of the package, or a name of its __init__
+                names.update(
+                    f"offloader.{alias.name}"
+                    if (PACKAGE / f"{alias.name}.py").exists() or (PACKAGE / alias.name).is_dir()
+                    else "offloader.__init__"
+                    for alias in node.names
+                )
         elif isinstance(node, ast.ImportFrom) and node.level:  # relative: inside a subpackage
             names.add(f"offloader.{path.relative_to(PACKAGE).parts[0]}")
     return names

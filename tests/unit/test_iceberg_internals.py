@@ -1,0 +1,121 @@
+"""PyIceberg's private API, as offloader's ``iceberg.internals`` relies on it.
+
+Each test pins one behaviour against the installed PyIceberg, with no server (a REST
+catalog is a stdlib HTTP stub on loopback), so an upgrade that renames or changes an
+internal fails here, fast, rather than in a production cycle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import requests
+from pyiceberg.io.fileformat import FileFormatFactory
+from pyiceberg.io.pyarrow import PyArrowFileIO, pyarrow_to_schema
+from pyiceberg.manifest import FileFormat
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.transforms import DayTransform
+from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
+
+from offloader.iceberg import internals
+
+SCHEMA = Schema(
+    NestedField(1, "ts", TimestamptzType(), required=True),
+    NestedField(2, "seq", LongType(), required=True),
+    NestedField(3, "symbol", StringType(), required=False),
+)
+
+
+def rows(n: int, day: int = 1) -> pa.Table:
+    start = dt.datetime(2026, 1, day, tzinfo=dt.UTC)
+    return pa.table(
+        {
+            "ts": pa.array([start + dt.timedelta(seconds=i) for i in range(n)], pa.timestamp("us", "UTC")),
+            "seq": pa.array(range(n), pa.int64()),
+            "symbol": pa.array([f"S{i % 7}" for i in range(n)]),
+        }
+    )
+
+
+def test_written_bytes_counts_what_the_parquet_writer_has_written(tmp_path: Path) -> None:
+    """The format writer keeps its stream in ``_fos``; its position grows with each write."""
+    model = FileFormatFactory.get(FileFormat.PARQUET)
+    writer = model.create_writer(PyArrowFileIO().new_output(str(tmp_path / "a.parquet")), SCHEMA, {})
+    assert hasattr(writer, "_fos"), "PyIceberg's Parquet writer no longer keeps its stream in _fos"
+    table = rows(5_000)
+    prepared = pa.Table.from_batches(
+        [internals.to_requested_schema(SCHEMA, pyarrow_to_schema(table.schema, name_mapping=SCHEMA.name_mapping), b, model)
+         for b in table.to_batches()]
+    )  # fmt: skip
+    sizes = []
+    for _ in range(3):
+        writer.write(prepared)
+        sizes.append(internals.written_bytes(writer))
+    writer.close()
+    assert sizes[0] > 0 and sizes[0] < sizes[1] < sizes[2], sizes
+    assert (tmp_path / "a.parquet").stat().st_size >= sizes[-1]
+
+
+def test_to_requested_schema_puts_the_table_field_ids_on_the_rows() -> None:
+    """Arrow without field ids comes back in the table's layout, each field carrying its Iceberg id."""
+    table = rows(10)
+    file_schema = pyarrow_to_schema(table.schema, name_mapping=SCHEMA.name_mapping)
+    model = FileFormatFactory.get(FileFormat.PARQUET)
+    (batch,) = [internals.to_requested_schema(SCHEMA, file_schema, b, model) for b in table.to_batches()]
+    ids = {f.name: int(f.metadata[b"PARQUET:field_id"]) for f in batch.schema}
+    assert ids == {"ts": 1, "seq": 2, "symbol": 3}
+    assert batch.num_rows == 10 and batch.column(1).to_pylist() == list(range(10))
+
+
+def test_determine_partitions_splits_rows_by_partition_key() -> None:
+    """A chunk spanning two days comes back as two (key, rows) parts with the right rows each."""
+    spec = PartitionSpec(PartitionField(source_id=1, field_id=1000, transform=DayTransform(), name="ts_day"))
+    table = pa.concat_tables([rows(30, day=1), rows(12, day=2)])
+    parts = list(internals.determine_partitions(spec, SCHEMA, table))
+    assert sorted(part.num_rows for _, part in parts) == [12, 30]
+    paths = {key.to_path(): part.num_rows for key, part in parts}
+    assert paths == {"ts_day=2026-01-01": 30, "ts_day=2026-01-02": 12}
+
+
+class _SlowCatalog(http.server.BaseHTTPRequestHandler):
+    """A REST catalog stub: answers /v1/config at once, and every other request after 5 s."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        if not self.path.startswith("/v1/config"):
+            time.sleep(5)
+        body = json.dumps({"defaults": {}, "overrides": {}, "namespaces": []}).encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass  # the client gave up: that is the point
+
+    def log_message(self, *args: object) -> None: ...
+
+
+@pytest.fixture
+def slow_catalog() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowCatalog)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_bounded_rest_catalog_times_out_a_stalled_request(slow_catalog: str) -> None:
+    """Every session the REST catalog creates (``_create_session``) gets the request timeout."""
+    catalog = internals.bounded_rest_catalog("cold", {"uri": slow_catalog, internals.REST_TIMEOUT: "0.5"})
+    with pytest.raises(requests.exceptions.Timeout):
+        catalog.list_namespaces()
