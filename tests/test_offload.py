@@ -379,6 +379,28 @@ def test_column_added_in_source_evolves_schema_in_the_same_commit(ws: Workspace)
     app.close()
 
 
+def test_column_made_nullable_in_source_is_relaxed_and_its_nulls_offloaded(ws: Workspace) -> None:
+    """A column ClickHouse makes Nullable (same type) becomes optional in Iceberg; its NULL rows arrive exactly."""
+    ws.tables = [trades_table()]
+    ws.create_trades()
+    ws.insert_trades(100, start="2026-01-01 00:00:00")
+    app = ws.app()
+    app.run_cycle()
+    assert ws.iceberg_table("cold.trades").schema().find_field("price").required
+    ws.engine.command("ALTER TABLE k2.trades MODIFY COLUMN price Nullable(Decimal(18, 8))")
+    ws.engine.command(
+        "INSERT INTO k2.trades SELECT '2026-01-01 01:00:00', '2026-01-01 01:00:00', 1000 + number, 'BTC-USDT', 'buy', "
+        "if(number % 2 = 0, NULL, toDecimal64(1, 8)), 1 FROM numbers(10)"
+    )
+    (result,) = app.run_cycle()
+    assert result.outcome == "committed" and result.rows == 10, result.reason
+    assert not ws.iceberg_table("cold.trades").schema().find_field("price").required
+    prices = ws.iceberg_local("cold.trades", "toString(price)", order="")
+    assert prices.count(("\\N",)) + prices.count((None,)) == 5
+    assert_exact(ws)
+    app.close()
+
+
 @pytest.mark.storage
 def test_replace_mode_rewrites_open_rows_exactly(ws: Workspace) -> None:
     """mode = "replace" rewrites exactly the trailing rows that still change, and a re-run changes nothing."""

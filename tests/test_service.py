@@ -261,9 +261,9 @@ SECRETS_ENV = {
 @pytest.mark.parametrize(
     "point, code, event, storage, module",
     [
-        ("source_connect", 1, "table_failed", "local", "source.py"),
+        ("source_connect", 1, "table_failed", "local", "clickhouse.py"),
         ("state_connect", 70, "internal_error", "local", "state.py"),
-        ("catalog_connect", 70, "internal_error", "s3-rest", "sink.py"),  # S3 secret key and REST credential revealed
+        ("catalog_connect", 70, "internal_error", "s3-rest", "catalog.py"),  # S3 secret key and REST credential revealed
     ],
     indirect=["storage"],
 )

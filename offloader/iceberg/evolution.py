@@ -42,6 +42,8 @@ def plan_evolution(current: Any, source: Any, table_name: str) -> list[Any]:
         if have is None:
             changes.append(lambda u, f=field: u.add_column(f.name, f.field_type, doc=f.doc))
             continue
+        if field.required is False and have.required:  # the source column became Nullable
+            changes.append(lambda u, n=name: u.update_column(n, required=False))
         old, new = have.field_type, field.field_type
         if old == new:
             continue
@@ -54,8 +56,6 @@ def plan_evolution(current: Any, source: Any, table_name: str) -> list[Any]:
                 changes.append(lambda u, n=name, t=new: u.update_column(n, field_type=t))
         else:
             problems.append(f"column {name!r} changed type from {old} to {new}, which Iceberg cannot evolve")
-        if field.required is False and have.required:
-            changes.append(lambda u, n=name: u.update_column(n, required=False))
     if problems:
         raise SchemaError(f"table {table_name}: " + "; ".join(problems) + "; the cursor was not moved")
     return changes
