@@ -56,7 +56,7 @@ class ChdbEngine:
     def _query(self, sql: str, fmt: str, params: dict[str, Any] | None) -> Any:
         try:
             with self._lock:
-                return self._conn.query(sql, fmt, params=_param_strings(params))
+                return self._conn.query(sql, fmt, params=param_strings(params))
         except Exception as exc:
             raise SourceError(f"ClickHouse query failed: {first_line(exc)}") from exc
 
@@ -72,7 +72,7 @@ class ChdbEngine:
 
         try:
             conn = chdb.connect(self.path)
-            result = conn.send_query(sql, "ArrowStream", params=_param_strings(params))
+            result = conn.send_query(sql, "ArrowStream", params=param_strings(params))
         except Exception as exc:
             raise SourceError(f"ClickHouse query failed: {first_line(exc)}") from exc
         try:
@@ -206,7 +206,7 @@ class HttpEngine:
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0", "'": "\\'"})
 
 
-def _param_strings(params: dict[str, Any] | None) -> dict[str, Any]:
+def param_strings(params: dict[str, Any] | None) -> dict[str, Any]:
     """Query parameters as chDB takes them: text escaped the way the server parses it.
 
     Over HTTP clickhouse-connect does this; chDB takes the text as is, so a backslash, tab

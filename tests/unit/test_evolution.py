@@ -70,14 +70,17 @@ def test_a_narrower_source_is_written_widened_without_a_change(old: Any, new: An
 
 
 def test_a_required_column_that_became_nullable_is_relaxed() -> None:
-    assert planned(schema(("v", LongType(), True)), schema(("v", LongType(), False))) == [
-        ("update", "v", ("required", False))
-    ]
+    assert planned(schema(("v", LongType(), True)), schema(("v", LongType(), False))) == [("update", "v", ("required", False))]
 
 
 @pytest.mark.parametrize(
     ("old", "new"),
-    [(LongType(), StringType()), (StringType(), LongType()), (DecimalType(18, 8), DecimalType(18, 2)), (IntegerType(), DoubleType())],
+    [
+        (LongType(), StringType()),
+        (StringType(), LongType()),
+        (DecimalType(18, 8), DecimalType(18, 2)),
+        (IntegerType(), DoubleType()),
+    ],
     ids=["long-string", "string-long", "decimal-scale", "int-double"],
 )
 def test_any_other_type_change_is_refused_naming_the_column(old: Any, new: Any) -> None:
@@ -86,7 +89,9 @@ def test_any_other_type_change_is_refused_naming_the_column(old: Any, new: Any) 
 
 
 def test_a_required_column_dropped_from_the_source_is_refused() -> None:
-    with pytest.raises(SchemaError, match=r"required column 'seq' \(long\) was dropped from the source; the cursor was not moved"):
+    with pytest.raises(
+        SchemaError, match=r"required column 'seq' \(long\) was dropped from the source; the cursor was not moved"
+    ):
         plan_evolution(BASE, schema(("price", DecimalType(18, 8), False), ("qty", FloatType(), False)), "trades")
 
 
