@@ -1,5 +1,7 @@
 """The architecture docs/architecture.md draws, kept: layers, adapters and module sizes.
 
+The layers are read from the document itself, so the drawing and the code cannot drift.
+
 Read from the source with :mod:`ast`, so no module is imported and no server is needed.
 - **Layers.** Each module of ``offloader`` sits in one layer; it imports only modules of
   lower layers (a package counts as one module), so dependencies point one way.
@@ -17,25 +19,21 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "offloader"
 
-# Bottom to top, as docs/architecture.md draws them.
-LAYERS: list[set[str]] = [
-    {"__init__", "errors"},
-    {"cursor", "faults", "log", "chtypes", "ttl", "scheduler"},
-    {"config", "convert"},
-    {"config_checks"},
-    {"config_loader", "ports", "results"},
-    {"clickhouse", "iceberg", "state", "metrics", "source", "demo"},
-    {"demo_feed"},
-    {"job"},
-    {"window"},
-    {"offload", "maintenance", "consistency", "reset"},
-    {"app"},
-    {"service"},
-    {"server"},
-    {"cli_demo"},
-    {"cli"},
-    {"__main__"},
-]
+DOC = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def read_layers() -> list[set[str]]:
+    """The layers docs/architecture.md draws (its ```layers block), bottom first."""
+    text = DOC.read_text()
+    block = text.split("```layers\n", 1)[1].split("```", 1)[0]
+    rows = {}
+    for line in block.splitlines():
+        number, names, _ = (part.strip() for part in line.split("|"))
+        rows[int(number)] = set(names.split())
+    return [rows[i] for i in range(len(rows))]
+
+
+LAYERS = read_layers()
 
 # A library with an adapter, and the modules allowed to import it.
 ADAPTERS = {
@@ -144,6 +142,10 @@ def test_modules_stay_small(module: str) -> None:
     for path in modules()[module]:
         lines = len(path.read_text().splitlines())
         assert lines <= MAX_LINES, f"{path.relative_to(PACKAGE.parent)} has {lines} lines; split it along its seams"
+
+
+def test_the_document_draws_every_layer_once() -> None:
+    assert len(LAYERS) > 10 and {"errors"} <= LAYERS[0] and {"cli"} <= LAYERS[-2]
 
 
 def test_the_checks_see_real_imports() -> None:
