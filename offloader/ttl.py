@@ -38,10 +38,31 @@ def delete_ttls(engine_full: str) -> list[str]:
     if not match:
         return []
     out = []
-    for rule in _split_top(match.group(1)):
+    for rule in _rules(match.group(1)):
         if _TTL_MOVES.search(rule):
             continue
-        rule = re.split(r"\s+DELETE\b", rule, maxsplit=1, flags=re.IGNORECASE)[0].strip()
+        # ClickHouse prints ``DELETE WHERE cond`` as ``WHERE cond``: the expression ends at either
+        rule = re.split(r"\s+(DELETE|WHERE)\b", rule, maxsplit=1, flags=re.IGNORECASE)[0].strip()
         if rule:
             out.append(rule)
     return out
+
+
+_KEY = r"(\w+|`[^`]+`)"
+_MORE_KEYS = re.compile(rf"^{_KEY}(\s+SET\s.*)?$", re.IGNORECASE | re.DOTALL)  # a key, or the last key and SET
+_ASSIGNMENT = re.compile(rf"^{_KEY}\s*=(?!=)", re.DOTALL)
+
+
+def _rules(clause: str) -> list[str]:
+    """The TTL rules of a clause: split at its top-level commas, except those inside a roll-up
+    (``GROUP BY k, j SET v = max(v), w = sum(w)``), whose keys and assignments are one rule."""
+    rules: list[str] = []
+    for piece in _split_top(clause):
+        last = rules[-1] if rules else ""
+        if re.search(r"\bGROUP\s+BY\b", last, re.IGNORECASE):
+            after_set = re.search(r"\sSET\s", last, re.IGNORECASE) is not None
+            if (after_set and _ASSIGNMENT.match(piece)) or (not after_set and _MORE_KEYS.match(piece)):
+                rules[-1] = f"{last}, {piece}"
+                continue
+        rules.append(piece)
+    return rules

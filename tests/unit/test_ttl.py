@@ -25,10 +25,20 @@ HEAD = "MergeTree PARTITION BY toYYYYMM(ts) ORDER BY (symbol, ts)"
             f"{HEAD} TTL toDateTime(ts) + toIntervalDay(if(symbol = 'a,b', 1, 2)), ts + toIntervalYear(1)",
             ["toDateTime(ts) + toIntervalDay(if(symbol = 'a,b', 1, 2))", "ts + toIntervalYear(1)"],
         ),
+        (
+            f"{HEAD} TTL ts + toIntervalDay(1) WHERE s = 'a,b', ts + toIntervalDay(7)",
+            ["ts + toIntervalDay(1)", "ts + toIntervalDay(7)"],
+        ),
+        (
+            f"{HEAD} TTL ts + toIntervalDay(1) GROUP BY k, j SET v = max(v), w = sum(w), ts + toIntervalDay(30)",
+            ["ts + toIntervalDay(30)"],
+        ),
+        (f"{HEAD} TTL ts + toIntervalDay(1) GROUP BY k, j, ts + toIntervalDay(30)", ["ts + toIntervalDay(30)"]),
     ],
     ids=[
         "none", "settings-only", "with-settings", "plain", "explicit-delete", "delete-where", "move-then-delete",
-        "moves-only", "group-by", "commas-in-quotes-and-calls",
+        "moves-only", "group-by", "commas-in-quotes-and-calls", "where-as-printed", "roll-up-several-keys-and-sets",
+        "roll-up-keys-without-set",
     ],
 )  # fmt: skip
 def test_delete_ttls(engine_full: str, expected: list[str]) -> None:
