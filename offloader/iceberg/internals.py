@@ -50,6 +50,20 @@ def _bounded(send: Any, seconds: float) -> Any:
     return bounded_send
 
 
+def parquet_format() -> Any:
+    """PyIceberg's Parquet file format model, which creates the file writers.
+
+    ``pyiceberg.io.pyarrow`` registers it with ``FileFormatFactory`` as a side effect of
+    being imported, whatever FileIO the table uses (fsspec included): without the import,
+    ``FileFormatFactory.get`` finds no Parquet writer and no window can be written.
+    """
+    import pyiceberg.io.pyarrow  # noqa: F401 - registers the Parquet writer
+    from pyiceberg.io.fileformat import FileFormatFactory
+    from pyiceberg.manifest import FileFormat
+
+    return FileFormatFactory.get(FileFormat.PARQUET)
+
+
 def written_bytes(writer: Any) -> int:
     """Bytes a Parquet file writer has put in its file so far: when to roll to the next file.
 

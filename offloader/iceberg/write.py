@@ -28,7 +28,7 @@ from offloader.errors import (
 )
 from offloader.iceberg.failures import refusal
 from offloader.iceberg.files import delete_quietly
-from offloader.iceberg.internals import determine_partitions, to_requested_schema, written_bytes
+from offloader.iceberg.internals import determine_partitions, parquet_format, to_requested_schema, written_bytes
 from offloader.ports import WrittenFiles
 
 if TYPE_CHECKING:
@@ -49,9 +49,6 @@ class RollingFiles:
     def __init__(self, metadata: Any, io: Any, write_uuid: uuid.UUID, target_size: int, lanes: int = 2) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        import pyiceberg.io.pyarrow  # noqa: F401 - registers the Parquet writer, whatever the table's FileIO
-        from pyiceberg.io.fileformat import FileFormatFactory
-        from pyiceberg.manifest import FileFormat
         from pyiceberg.table.locations import load_location_provider
 
         self.metadata = metadata
@@ -61,7 +58,7 @@ class RollingFiles:
         self.lanes = lanes
         self.schema = metadata.schema()
         self.spec = metadata.spec()
-        self.format = FileFormatFactory.get(FileFormat.PARQUET)
+        self.format = parquet_format()
         self.locations = load_location_provider(table_location=metadata.location, table_properties=metadata.properties)
         self.counter = itertools.count(0)
         self.open: dict[Any, tuple[Any, str, Any]] = {}
