@@ -11,16 +11,15 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
+from helpers import ROOT
 
 from offloader import demo
 from offloader.config import load_config, parse_duration
 
-ROOT = Path(__file__).resolve().parent.parent
 ROWS = 50_000
 HOURS = 6.0
 BRONZE = [demo.bronze_table(e) for e in demo.EXCHANGES]

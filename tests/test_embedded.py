@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
-from conftest import ROOT, clean_env
+from helpers import run_cli
 
 from offloader import demo
 from offloader.source import ChdbEngine
 
 
 def run(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = clean_env(OFFLOADER_DATA_DIR=str(data_dir), OFFLOADER__SOURCE__SAFETY_LAG="0s")
-    return subprocess.run(
-        [sys.executable, "-m", "offloader", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
-    )
+    return run_cli(*args, env={"OFFLOADER_DATA_DIR": str(data_dir), "OFFLOADER__SOURCE__SAFETY_LAG": "0s"}, timeout=600)
 
 
 def test_embedded_default_offloads_all_ten_tables_exactly(tmp_path: Path) -> None:

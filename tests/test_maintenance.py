@@ -5,14 +5,12 @@ read back with PyIceberg and with ClickHouse's own icebergLocal reader."""
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from typing import Any
 
 import pytest
-from conftest import Workspace, clean_env, trades_table
-from test_offload import assert_bars_exact, assert_exact, bars_table, create_bars, full_rows
+from helpers import Workspace, assert_bars_exact, assert_exact, bars_table, create_bars, full_rows, run_cli, trades_table
 
 DAY_US = 86_400_000_000
 
@@ -37,10 +35,6 @@ def small_cycles(ws: Workspace, app: Any, days: int = 3, per_day: int = 4, rows:
             assert result.outcome == "committed", result.reason
 
 
-def run_cli(ws: Workspace, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(ws.command(*args), capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=ws.root)
-
-
 @pytest.mark.storage(fileio=True)
 def test_maintain_compacts_closed_partitions_keeping_rows_and_cursor(ws: Workspace) -> None:
     """After many small cycles, `maintain` leaves fewer files, identical rows, and a next cycle that adds nothing."""
@@ -54,12 +48,12 @@ def test_maintain_compacts_closed_partitions_keeping_rows_and_cursor(ws: Workspa
     marker = app.state.mirror("trades")
     app.close()
 
-    dry = run_cli(ws, "maintain", "--dry-run")
+    dry = ws.cli("maintain", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "trades: compact: would do" in dry.stdout and "8 small files" in dry.stdout
     assert data_files(ws) == before_files, "a dry run changes nothing"
 
-    done = run_cli(ws, "maintain")
+    done = ws.cli("maintain")
     assert done.returncode == 0, done.stderr
     after_files = data_files(ws)
     # days 1 and 2 are closed (the cursor is on day 3): 4 files each become 1; day 3 is untouched
@@ -84,7 +78,7 @@ def test_maintain_compacts_closed_partitions_keeping_rows_and_cursor(ws: Workspa
     assert audit[0].files_before == len(before_files) and audit[0].files_after == len(after_files)
     app.close()
 
-    second = run_cli(ws, "maintain", "--table", "trades")
+    second = ws.cli("maintain", "--table", "trades")
     assert second.returncode == 0 and "compact: nothing to do" in second.stdout, second.stdout + second.stderr
 
 
@@ -212,23 +206,23 @@ def test_check_finds_and_repair_fixes_a_deleted_row_and_a_late_row(ws: Workspace
     app = ws.app()
     app.run_cycle()
     app.close()
-    assert run_cli(ws, "check").returncode == 0
+    assert ws.cli("check").returncode == 0
 
     _delete_one_row_by_hand(ws, 100)  # 00:08:20, first bucket
     ws.insert_trades(1, start="2026-01-01 02:30:00.5", first_seq=900_000)  # behind the cursor, after its window
-    found = run_cli(ws, "check", "--table", "trades")
+    found = ws.cli("check", "--table", "trades")
     assert found.returncode == 1, found.stdout + found.stderr
     assert "trades: DIFFERS: 2 of 5 buckets differ" in found.stdout
     assert "2026-01-01 00:00:00.000000  clickhouse=720  iceberg=719  (-1)" in found.stdout
     assert "2026-01-01 02:00:00.000000  clickhouse=721  iceberg=720  (-1)" in found.stdout
 
-    repaired = run_cli(ws, "check", "--repair")
+    repaired = ws.cli("check", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert "trades: repaired: 2 of 5 buckets differ" in repaired.stdout
     assert_exact(ws)
     snapshots = len(ws.iceberg_table("cold.trades").snapshots())
 
-    twice = run_cli(ws, "check", "--repair")
+    twice = ws.cli("check", "--repair")
     assert twice.returncode == 0 and "trades: consistent: 0 of 5 buckets differ" in twice.stdout
     assert len(ws.iceberg_table("cold.trades").snapshots()) == snapshots, "a second repair changes nothing"
 
@@ -276,14 +270,11 @@ def test_reset_then_once_gives_back_the_same_table(ws: Workspace) -> None:
     before_arrow = ws.iceberg_arrow("cold.trades").sort_by("sequence_number")
     app.close()
 
-    refused = subprocess.run(
-        ws.command("reset", "trades", "--to", "2026-01-02 00:00:00"), capture_output=True, text=True, env=clean_env(),
-        stdin=subprocess.DEVNULL, cwd=ws.root,
-    )  # fmt: skip
+    refused = ws.cli("reset", "trades", "--to", "2026-01-02 00:00:00")  # stdin is not a terminal
     assert refused.returncode == 2 and "--yes" in refused.stderr
     assert full_rows(ws) == before
 
-    done = run_cli(ws, "reset", "trades", "--to", "2026-01-02 00:00:00", "--yes")
+    done = ws.cli("reset", "trades", "--to", "2026-01-02 00:00:00", "--yes")
     assert done.returncode == 0, done.stderr
     kept = ws.iceberg_local("cold.trades", "max(ingestion_timestamp), count()")
     assert str(kept[0][0]).startswith("2026-01-02 00:00:00") and kept[0][1] == 24 * 60 + 1
@@ -296,7 +287,7 @@ def test_reset_then_once_gives_back_the_same_table(ws: Workspace) -> None:
     assert ws.iceberg_arrow("cold.trades").sort_by("sequence_number").equals(before_arrow)
     assert_exact(ws)
 
-    too_late = run_cli(ws, "reset", "trades", "--to", "2027-01-01 00:00:00", "--yes")
+    too_late = ws.cli("reset", "trades", "--to", "2027-01-01 00:00:00", "--yes")
     assert too_late.returncode == 2 and "must be before" in too_late.stderr
 
 
@@ -306,19 +297,19 @@ def test_reset_of_a_replace_mode_table_keeps_the_bars_at_the_reset_time(ws: Work
     ws.tables = [bars_table(partition_by=["day(window_start)"], replace_lookback="10m")]
     create_bars(ws)
     ws.insert_trades(3000, start="2026-01-01 00:00:00", step_us=3_000_000)  # 2.5 hours of one-minute bars
-    assert run_cli(ws, "once").returncode == 0
+    assert ws.cli("once").returncode == 0
     assert_bars_exact(ws)
     at_cut = ws.engine.rows("SELECT count() FROM k2.bars WHERE window_start = '2026-01-01 01:00:00'")[0][0]
     assert at_cut == 3, "bars sit at the reset time"
 
-    done = run_cli(ws, "reset", "bars", "--to", "2026-01-01 01:00:00", "--yes")
+    done = ws.cli("reset", "bars", "--to", "2026-01-01 01:00:00", "--yes")
     assert done.returncode == 0, done.stderr
     kept = ws.iceberg_local("cold.bars", "toString(max(window_start)), countIf(window_start = '2026-01-01 01:00:00')")
     assert kept == [("2026-01-01 01:00:00.000000", 3)], "the bars at T stay"
-    again = run_cli(ws, "once")
+    again = ws.cli("once")
     assert again.returncode == 0, again.stderr
     assert_bars_exact(ws)
-    check = run_cli(ws, "check")
+    check = ws.cli("check")
     assert check.returncode == 0 and "bars: consistent" in check.stdout, check.stdout + check.stderr
 
 
@@ -343,7 +334,7 @@ def test_maintenance_racing_offload_cycles_loses_and_duplicates_nothing(ws: Work
     ws.maintenance = {"settle": "0s", "lock_wait": "2m"}
     ws.create_trades()
     ws.release()
-    command = ws.command("maintain")  # written config; the maintain process never opens the source
+    config = ws.write_config()  # the maintain process never opens the source
     app = ws.app()
     stop = threading.Event()
     runs: list[int] = []
@@ -351,7 +342,7 @@ def test_maintenance_racing_offload_cycles_loses_and_duplicates_nothing(ws: Work
 
     def maintainer() -> None:
         while not stop.is_set():
-            result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=clean_env(), cwd=ws.root)
+            result = run_cli("maintain", config=config, cwd=ws.root)
             runs.append(result.returncode)
 
     thread = threading.Thread(target=maintainer)
@@ -403,7 +394,7 @@ def test_ttl_headroom_is_exported_and_flagged_by_status(ws: Workspace) -> None:
     (after,) = app.status()
     assert not after.ttl_risk and after.ttl_headroom_seconds == float("inf")
     app.close()
-    shown = run_cli(ws, "status")
+    shown = ws.cli("status")
     assert shown.returncode == 0 and "inf" in shown.stdout
 
 
@@ -430,7 +421,7 @@ def test_check_skips_what_the_ttl_already_deleted_and_repair_keeps_it(ws: Worksp
 def test_check_rejects_bad_arguments_with_a_message(ws: Workspace, bad: str) -> None:
     ws.tables = [daily_table()]
     ws.create_trades()
-    result = run_cli(ws, "check", bad)
+    result = ws.cli("check", bad)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert ("--since" in result.stderr) or ("unknown table" in result.stderr)
 

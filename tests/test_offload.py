@@ -12,72 +12,16 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from conftest import ROOT, Workspace, clean_env, trades_table
-
-KEY = "toString(ingestion_timestamp), sequence_number"
-
-
-def source_keys(ws: Workspace, table: str = "k2.trades") -> list[tuple[Any, ...]]:
-    return sorted(ws.engine.rows(f"SELECT {KEY} FROM {table}"))
-
-
-def cold_keys(ws: Workspace, target: str = "cold.trades") -> list[tuple[Any, ...]]:
-    """The cold tier's keys, read by ClickHouse's own Iceberg reader."""
-    return sorted(ws.iceberg_local(target, KEY))
-
-
-def duckdb_keys(ws: Workspace, target: str = "cold.trades") -> list[tuple[Any, ...]]:
-    """The cold tier's keys, read by DuckDB's Iceberg reader, as (epoch microseconds, sequence)."""
-    return sorted(ws.duckdb_rows(target, "epoch_us(ingestion_timestamp), sequence_number"))
-
-
-def assert_exact(ws: Workspace, table: str = "k2.trades", target: str = "cold.trades") -> None:
-    """The cold tier equals the source row for row, read by ClickHouse, DuckDB and PyIceberg: none missing, none twice."""
-    src, cold = source_keys(ws, table), cold_keys(ws, target)
-    dupes = [k for k, n in Counter(cold).items() if n > 1]
-    assert not dupes, f"{len(dupes)} rows twice in Iceberg, e.g. {dupes[:3]}"
-    missing = sorted(set(src) - set(cold))
-    assert not missing, f"{len(missing)} rows missing from Iceberg, e.g. {missing[:3]}"
-    assert len(cold) == len(src)
-    assert ws.iceberg_arrow(target).num_rows == len(src)
-    micros = sorted(ws.engine.rows(f"SELECT toUnixTimestamp64Micro(ingestion_timestamp), sequence_number FROM {table}"))
-    assert duckdb_keys(ws, target) == micros, "DuckDB reads the same rows as the source"
-
-
-def bars_table(**overrides: Any) -> dict[str, Any]:
-    """A replace-mode table of one-minute bars over the trades (create its view with :func:`create_bars`)."""
-    table = {
-        "name": "bars", "source": "k2.bars", "target": "cold.bars", "layer": "gold", "cursor": ["window_start"],
-        "partition_by": ["month(window_start)"], "mode": "replace", "replace_lookback": "2m",
-    }  # fmt: skip
-    table.update(overrides)
-    return table
-
-
-def create_bars(ws: Workspace) -> None:
-    """The trades table and the bars view over it: a bar changes while trades land in its minute."""
-    ws.create_trades()
-    ws.engine.command(
-        "CREATE VIEW k2.bars AS SELECT toStartOfMinute(exchange_timestamp) AS window_start, symbol, "
-        "count() AS trades, sum(quantity) AS volume FROM k2.trades GROUP BY window_start, symbol"
-    )
-
-
-BARS_KEY = "toString(toDateTime64(window_start, 6, 'UTC')), symbol, trades, toString(volume)"
-
-
-def assert_bars_exact(ws: Workspace, source: str = "k2.bars", target: str = "cold.bars") -> None:
-    """Every bar of the source is in Iceberg once, unchanged, read by ClickHouse and by DuckDB."""
-    expected = sorted(ws.engine.rows(f"SELECT {BARS_KEY} FROM {source}"))
-    assert sorted(ws.iceberg_local(target, BARS_KEY)) == expected
-    typed = "toUnixTimestamp64Micro(toDateTime64(window_start, 6, 'UTC')), symbol, trades, volume"
-    expected_typed = sorted(ws.engine.rows(f"SELECT {typed} FROM {source}"))
-    assert sorted(ws.duckdb_rows(target, "epoch_us(window_start), symbol, trades, volume")) == expected_typed
-
-
-def full_rows(ws: Workspace, target: str = "cold.trades") -> list[tuple[Any, ...]]:
-    cols = "toString(exchange_timestamp), toString(ingestion_timestamp), sequence_number, symbol, toString(side), toString(price), toString(quantity)"
-    return sorted(ws.iceberg_local(target, cols))
+from helpers import (
+    Workspace,
+    assert_bars_exact,
+    assert_exact,
+    bars_table,
+    cold_keys,
+    create_bars,
+    full_rows,
+    trades_table,
+)
 
 
 def run_together(apps: list[Any]) -> list[list[Any]]:
@@ -262,9 +206,7 @@ def test_mirror_ahead_of_iceberg_stops_the_table_until_mirror_reset(ws: Workspac
     assert "2030-01-01" in result.stderr and "mirror reset --table trades" in result.stderr
     assert len(cold_keys(ws)) == 1000
 
-    forgotten = subprocess.run(
-        ws.command("mirror", "reset", "--table", "trades"), capture_output=True, text=True, env=clean_env()
-    )
+    forgotten = ws.cli("mirror", "reset", "--table", "trades")
     assert forgotten.returncode == 0 and "forgotten" in forgotten.stdout, forgotten.stderr
     resumed = ws.run_once()
     assert resumed.returncode == 0 and "committed 500 rows" in resumed.stdout, resumed.stderr[-2000:]
@@ -465,10 +407,7 @@ def test_random_sigkills_then_rerun_is_exact(ws: Workspace) -> None:
     """`offloader once` SIGKILLed at random moments, again and again with new rows arriving, ends exact after a re-run."""
     import random
     import signal
-    import subprocess
     import time
-
-    from conftest import ROOT
 
     rng = random.Random(20261123)  # noqa: S311 - kill timings, not secrets
     ws.tables = [trades_table()]
@@ -478,9 +417,7 @@ def test_random_sigkills_then_rerun_is_exact(ws: Workspace) -> None:
     for round_ in range(6):
         ws.insert_trades(40_000, start=f"2026-01-01 0{round_}:00:00", step_us=20_000, first_seq=first)
         first += 40_000
-        proc = subprocess.Popen(
-            ws.command("once"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(), cwd=ROOT
-        )
+        proc = ws.start("once", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(1.0, 4.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -561,14 +498,7 @@ def test_unknown_commit_outcome_is_settled_from_the_snapshot_history(ws: Workspa
     ws.source["max_window"] = "20m"
     ws.create_trades()
     ws.insert_trades(3600, start="2026-01-01 00:00:00", step_us=1_000_000)
-    lost = subprocess.run(
-        ws.command("once"),
-        capture_output=True,
-        text=True,
-        env=clean_env(OFFLOADER_LOSE_COMMIT_REPLY=moment),
-        cwd=ROOT,
-        timeout=300,
-    )
+    lost = ws.cli("once", env={"OFFLOADER_LOSE_COMMIT_REPLY": moment})
     assert '"event": "commit_unknown"' in lost.stderr
     settled = [json.loads(line) for line in lost.stderr.splitlines() if '"commit_settled"' in line]
     assert settled and all(s["landed"] is (moment == "after") for s in settled)
@@ -611,7 +541,7 @@ def test_every_type_round_trips_through_the_offload_pipeline(ws: Workspace) -> N
     """Edge values of every mapped type, offloaded by a real cycle, come back unchanged from PyIceberg and icebergLocal."""
     import datetime as dt
 
-    from test_types import EDGES, as_icebergLocal_reads, create, expected_rows, norm
+    from typecases import EDGES, as_icebergLocal_reads, create, expected_rows, norm
 
     stamps = [dt.datetime(2026, 1, 1, 0, 0, i, tzinfo=dt.UTC) for i in range(3)]
     columns = [*EDGES, ("ts", "DateTime64(6, 'UTC')", [f"'2026-01-01 00:00:0{i}'" for i in range(3)], stamps)]

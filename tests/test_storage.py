@@ -7,13 +7,10 @@ container gets them), the region, and the engines that read through the REST cat
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, clean_env, dedent, trades_table
-from test_offload import assert_exact
+from helpers import Workspace, assert_exact, dedent, run_cli, trades_table
 
 
 @pytest.mark.parametrize("storage", ["s3-sql", "s3-rest"], indirect=True)
@@ -28,13 +25,13 @@ def test_secrets_from_the_environment_as_the_example_config_suggests(ws: Workspa
     secrets = ws.storage.env()
     if pattern == "aws":
         secrets["AWS_SECRET_ACCESS_KEY"] = secrets.pop("OFFLOADER__CATALOG__S3_SECRET_ACCESS_KEY")
-    done = subprocess.run(ws.command("once"), capture_output=True, text=True, env=clean_env(**secrets), cwd=ws.root, timeout=300)
+    done = ws.cli("once", env=secrets)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "committed 2,000 rows" in done.stdout
     assert ws.storage.seaweed.secret_key not in done.stdout + done.stderr
     assert_exact(ws)
 
-    without = subprocess.run(ws.command("once"), capture_output=True, text=True, env=clean_env(), cwd=ws.root, timeout=300)
+    without = ws.cli("once")
     assert without.returncode == 2, "a missing secret is a config error at start, not a transient failure"
     assert "catalog.s3.access-key-id: is set but no secret key is" in without.stderr
     assert "table_retry" not in without.stderr
@@ -97,9 +94,8 @@ def test_an_s3_warehouse_on_aws_without_a_region_is_warned_about(tmp_path: Path)
             """
         )
     )
-    command = [sys.executable, "-m", "offloader", "--config", str(config), "history"]
-    quiet = subprocess.run(command, capture_output=True, text=True, env=clean_env(AWS_REGION="eu-west-1"), cwd=tmp_path)
-    warned = subprocess.run(command, capture_output=True, text=True, env=clean_env(), cwd=tmp_path)
+    quiet = run_cli("history", config=config, env={"AWS_REGION": "eu-west-1"}, cwd=tmp_path)
+    warned = run_cli("history", config=config, cwd=tmp_path)
     assert quiet.returncode == warned.returncode == 0, warned.stderr
     assert warned.stderr.count('"event": "s3_region_unset"') == 1 and "catalog.s3.region" in warned.stderr
     assert "s3_region_unset" not in quiet.stderr
