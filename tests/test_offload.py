@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+import structlog
 from helpers import (
     Workspace,
     assert_bars_exact,
@@ -21,24 +22,35 @@ from helpers import (
     create_bars,
     full_rows,
     trades_table,
+    wait_for,
 )
 
 
 def run_together(apps: list[Any]) -> list[list[Any]]:
-    """One cycle of each app, all started at the same instant in threads of their own."""
+    """One cycle of each app, all started at the same instant in threads of their own; each app's
+    results, one per configured table. An exception raised in a thread is raised here."""
     barrier = threading.Barrier(len(apps))
-    results: list[list[Any]] = [[] for _ in apps]
+    results: list[list[Any] | None] = [None for _ in apps]
+    errors: list[BaseException] = []
 
     def runner(i: int) -> None:
-        barrier.wait()
-        results[i] = apps[i].run_cycle()
+        try:
+            barrier.wait(timeout=60)
+            results[i] = apps[i].run_cycle()
+        except BaseException as exc:  # the test's thread re-raises it
+            errors.append(exc)
+            barrier.abort()
 
     threads = [threading.Thread(target=runner, args=(i,)) for i in range(len(apps))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return results
+    if errors:
+        raise errors[0]
+    done = [r for r in results if r is not None]
+    assert [len(r) for r in done] == [len(app.config.tables) for app in apps], results
+    return done
 
 
 @pytest.mark.storage
@@ -124,7 +136,9 @@ def test_sigkill_at_each_point_then_rerun_is_exact(ws: Workspace, point: str) ->
 
 
 def test_two_runners_together_take_each_row_once(ws: Workspace) -> None:
-    """Two runners started together on the same tables leave each row in Iceberg exactly once."""
+    """Two runners started together on the same tables leave each row in Iceberg exactly once: for each
+    table the one holding its lock commits every row, the other skips it (or finds nothing new) without
+    ever meeting it at commit."""
     ws.tables = [trades_table(), trades_table("trades2")]
     ws.source["max_window"] = "5m"
     ws.create_trades()
@@ -132,10 +146,16 @@ def test_two_runners_together_take_each_row_once(ws: Workspace) -> None:
     ws.insert_trades(3000, start="2026-01-01 00:00:00", step_us=100_000)
     ws.insert_trades(3000, start="2026-01-01 00:00:00", step_us=100_000, table="k2.trades2")
     apps = [ws.app(), ws.app()]
-    outcomes = [[r.outcome for r in results] for results in run_together(apps)]
+    together = run_together(apps)
+    outcomes = [[r.outcome for r in results] for results in together]
     assert all(o in {"committed", "nothing_new", "skipped"} for run in outcomes for o in run), outcomes
+    for name in ("trades", "trades2"):  # the runner holding a table's lock takes all its rows; the other takes none
+        runs = [r for results in together for r in results if r.table == name]
+        assert [r.outcome for r in runs].count("committed") == 1 and sum(r.rows for r in runs) == 3000, runs
+        assert sum(r.conflicts for r in runs) == 0, "the lock kept the other runner from writing: no commit conflict"
     for app in apps:
-        app.run_cycle()
+        (again, again2) = app.run_cycle()
+        assert again.outcome == again2.outcome == "nothing_new", (again, again2)
     assert_exact(ws)
     assert_exact(ws, "k2.trades2", "cold.trades2")
     for app in apps:
@@ -143,26 +163,62 @@ def test_two_runners_together_take_each_row_once(ws: Workspace) -> None:
 
 
 def test_writers_without_a_shared_lock_resolve_conflicts_exactly_once(ws: Workspace, tmp_path: Any) -> None:
-    """Two writers whose locks do not see each other conflict at commit, and still take each row once."""
+    """Two writers whose locks do not see each other conflict at commit (the loser counts it, logs
+    commit_conflict and re-plans from the winner's marker), and still take each row once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psycopg2
+
     from offloader.app import App
     from offloader.config import StateConfig
 
     ws.tables = [trades_table()]
     ws.source["max_window"] = "2m"
     ws.create_trades()
-    ws.insert_trades(4000, start="2026-01-01 00:00:00", step_us=50_000)
+    ws.insert_trades(2000, start="2026-01-01 00:00:00", step_us=50_000)
     config = ws.config()
     other = App(
         config.__class__(**{**config.__dict__, "state": StateConfig(dsn=f"sqlite:///{tmp_path}/other-state.db")}),
         engine=ws.engine,
     )
     apps = [ws.app(), other]
-    run_together(apps)
+    (first,) = apps[0].run_cycle()  # the table exists: both writers plan from its marker
+    assert first.outcome == "committed", first.reason
+    ws.insert_trades(2000, start="2026-01-01 01:00:00", step_us=50_000, first_seq=2000)
+    # The SQL catalog commits by an UPDATE of the table's row: the test holds that row until
+    # both writers wait on it, so that both have planned and written before either commits.
+    holder = psycopg2.connect(ws.pg_dsn)
+    try:
+        holder.cursor().execute("SELECT 1 FROM iceberg_tables WHERE table_name = 'trades' FOR UPDATE")
+        with structlog.testing.capture_logs() as logs, ThreadPoolExecutor(1) as pool:
+            running = pool.submit(run_together, apps)
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            watcher = psycopg2.connect(ws.pg_dsn)
+            watcher.autocommit = True
+            try:
+                wait_for(lambda: running.done() or _scalar(watcher, waiting) == 2, timeout=120, what="both commits waiting")
+            finally:
+                watcher.close()
+            holder.rollback()
+            together = [result for results in running.result(timeout=300) for result in results]
+    finally:
+        holder.close()
+    assert sorted(r.outcome for r in together) == ["committed", "nothing_new"], [(r.outcome, r.reason) for r in together]
+    conflicts = [entry for entry in logs if entry["event"] == "commit_conflict"]
+    assert sum(r.conflicts for r in together) == len(conflicts) == 1, "the two writers met at commit, and one lost"
+    assert sum(r.rows for r in together) == 2000, "the loser re-planned from the winner's marker: no row twice"
     for app in apps:
-        app.run_cycle()
+        (again,) = app.run_cycle()
+        assert again.outcome == "nothing_new", again.reason
     assert_exact(ws)
     for app in apps:
         app.close()
+
+
+def _scalar(conn: Any, sql: str) -> Any:
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchone()[0]
 
 
 @pytest.mark.storage
