@@ -4,6 +4,7 @@ read back with PyIceberg and with ClickHouse's own icebergLocal reader."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 import time
@@ -13,6 +14,7 @@ import pytest
 from helpers import Workspace, assert_bars_exact, assert_exact, bars_table, create_bars, full_rows, run_cli, trades_table
 
 DAY_US = 86_400_000_000
+RACE_SECONDS = 300  # the racing test's bound on how long it takes maintenance and the cycles to meet
 
 
 def daily_table(**overrides: Any) -> dict[str, Any]:
@@ -329,7 +331,9 @@ def test_reset_in_the_middle_of_rows_sharing_a_timestamp(ws: Workspace) -> None:
 
 
 def test_maintenance_racing_offload_cycles_loses_and_duplicates_nothing(ws: Workspace) -> None:
-    """`offloader maintain` in another process, again and again, while cycles commit new rows."""
+    """`offloader maintain` in another process, again and again, while cycles commit new rows: it
+    compacts at least twice while they run, a cycle that finds it holding the lock skips the table
+    and a later cycle takes those rows, every maintain exits 0, and every row is in Iceberg once."""
     ws.tables = [daily_table()]
     ws.maintenance = {"settle": "0s", "lock_wait": "2m"}
     ws.create_trades()
@@ -339,36 +343,45 @@ def test_maintenance_racing_offload_cycles_loses_and_duplicates_nothing(ws: Work
     stop = threading.Event()
     runs: list[int] = []
     skipped = 0
+    taken = 0
 
     def maintainer() -> None:
         while not stop.is_set():
             result = run_cli("maintain", config=config, cwd=ws.root)
             runs.append(result.returncode)
 
+    def compactions() -> int:
+        return len([a for a in app.state.audits("trades", "compact", limit=500) if a.outcome == "ok"])
+
     thread = threading.Thread(target=maintainer)
     thread.start()
+    deadline = time.monotonic() + RACE_SECONDS
     try:
         seq = 0
-        # batches on day after day, four a day; at least five days, and on until maintenance has
-        # compacted at least twice while the cycles ran (at most 25 days)
-        for day in range(1, 26):
-            if day > 5 and len([a for a in app.state.audits("trades", "compact", limit=500) if a.outcome == "ok"]) >= 2:
-                break
+        # batches on day after day, four a day: at least five days, and on until maintenance has
+        # compacted twice and a cycle has found it holding the table's lock
+        day = 0
+        while day < 5 or compactions() < 2 or not skipped:
+            assert time.monotonic() < deadline, f"in {RACE_SECONDS}s: {compactions()} compactions, {skipped} cycles skipped"
+            date = datetime.date(2026, 1, 1) + datetime.timedelta(days=day)
+            day += 1
             for hour in range(0, 24, 6):
-                ws.insert_trades(400, start=f"2026-01-{day:02d} {hour:02d}:00:00", first_seq=seq, step_us=1_000_000)
+                ws.insert_trades(400, start=f"{date} {hour:02d}:00:00", first_seq=seq, step_us=1_000_000)
                 seq += 400
                 results = app.run_cycle()
                 # a cycle that finds maintenance holding the lock skips the table; a later one takes its rows
                 assert all(r.ok or r.outcome == "skipped" for r in results), [r.reason for r in results]
                 skipped += sum(r.outcome == "skipped" for r in results)
+                taken += sum(r.rows for r in results)
     finally:
         stop.set()
         thread.join()
     (last,) = app.run_cycle()
     assert last.ok, last.reason
+    assert taken + last.rows == seq, "each row was taken by exactly one cycle"
     assert runs and all(code == 0 for code in runs), runs
-    compacted = [a for a in app.state.audits("trades", "compact", limit=500) if a.outcome == "ok"]
-    assert compacted, "maintenance compacted while the cycles ran"
+    audits = app.state.audits("trades", limit=5000)
+    assert [a for a in audits if a.outcome not in {"ok", "nothing_to_do"}] == [], "maintenance always got the lock in time"
     assert_exact(ws)
     app.close()
 
