@@ -18,7 +18,8 @@ type), tests/faultproxy.py or tests/chhttp.py.
 - **Reading the cold tier back** with readers that share no code with offloader's writer:
   :func:`cold_keys` (ClickHouse's icebergLocal), :func:`duckdb_keys`, :func:`pyiceberg_keys`,
   :func:`full_rows`, :func:`iceberg_rows` (:func:`table_rows` of any catalog's table).
-- **Exactness:** :func:`assert_same_rows`, :func:`assert_exact`, :func:`assert_bars_exact`.
+- **Exactness:** :func:`assert_same_rows`, :func:`assert_exact`, :func:`assert_bars_exact`;
+  :func:`events` picks one event out of the log entries ``structlog.testing.capture_logs()`` caught.
 - **Waiting and HTTP:** :func:`wait_for`, :func:`http_get`; Markdown heading
   :func:`anchors`.
 """
@@ -471,6 +472,11 @@ def assert_bars_exact(ws: Workspace, source: str = "k2.bars", target: str = "col
     typed = "toUnixTimestamp64Micro(toDateTime64(window_start, 6, 'UTC')), symbol, trades, volume"
     expected_typed = sorted(ws.engine.rows(f"SELECT {typed} FROM {source}"))
     assert sorted(ws.duckdb_rows(target, "epoch_us(window_start), symbol, trades, volume")) == expected_typed
+
+
+def events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
+    """The log entries of one event, from ``structlog.testing.capture_logs()``."""
+    return [entry for entry in logs if entry["event"] == name]
 
 
 # -- waiting, HTTP and documents -------------------------------------------------------------

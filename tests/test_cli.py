@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import Workspace, assert_exact, trades_table
+import structlog
+from helpers import Workspace, assert_exact, events, trades_table
 
 
 def test_status_reports_cursor_lag_rows_and_last_run(ws: Workspace) -> None:
@@ -61,8 +62,10 @@ def test_failed_upstream_skips_its_dependents_and_exits_1(ws: Workspace) -> None
 
 
 def test_transient_errors_are_retried_with_backoff_and_each_retry_is_logged(ws: Workspace) -> None:
-    """A table whose source is down is retried with backoff, each retry logged with its attempt number, then fails."""
+    """A table whose source is down is retried with backoff, each retry logged (a warning) with its attempt number, then fails."""
     import socket
+
+    from offloader.app import App
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -70,13 +73,16 @@ def test_transient_errors_are_retried_with_backoff_and_each_retry_is_logged(ws: 
     ws.source_dsn = f"http://default@127.0.0.1:{port}/k2"
     ws.tables = [trades_table()]
     ws.schedule.update(retry_attempts=3, retry_backoff="0.1s", retry_backoff_max="1s")
-    result = ws.cli("--log-level", "warning", "once")
-    assert result.returncode == 1
-    retries = [json.loads(line) for line in result.stderr.splitlines() if '"table_retry"' in line]
+    app = App(ws.config())  # the HTTP source, not the test's chDB
+    with structlog.testing.capture_logs() as logs:
+        (result,) = app.run_cycle()
+    app.close()
+    assert result.outcome == "failed" and result.attempts == 3
+    retries = events(logs, "table_retry")
     assert [r["attempt"] for r in retries] == [2, 3]
     assert [r["delay_seconds"] for r in retries] == [0.1, 0.2]
-    assert all(r["error_type"] == "source_error" and r["table"] == "trades" for r in retries)
-    assert f"trades: FAILED: cannot connect to ClickHouse at http://default@127.0.0.1:{port}/k2" in result.stderr
+    assert all(r["error_type"] == "source_error" and r["table"] == "trades" and r["log_level"] == "warning" for r in retries)
+    assert result.reason.startswith(f"cannot connect to ClickHouse at http://default@127.0.0.1:{port}/k2"), result.reason
 
 
 def test_sigterm_during_once_abandons_the_window_in_flight_and_a_rerun_is_exact(ws: Workspace) -> None:

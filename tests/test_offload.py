@@ -20,6 +20,7 @@ from helpers import (
     bars_table,
     cold_keys,
     create_bars,
+    events,
     full_rows,
     trades_table,
     wait_for,
@@ -435,7 +436,6 @@ def test_hostile_column_names_in_the_source_are_quoted_safely(ws: Workspace) -> 
 @pytest.mark.storage(fileio=True)
 def test_metadata_left_by_a_lost_commit_is_pruned_for_path_based_readers(ws: Workspace) -> None:
     """A staged metadata file of a commit that lost its race is removed, so path-based readers read the committed table."""
-    import json
     import uuid
 
     ws.tables = [trades_table()]
@@ -548,24 +548,31 @@ def test_tables_are_created_format_v2_zstd3_with_their_partition_spec_and_file_s
 
 
 @pytest.mark.parametrize("moment", ["before", "after"])
-def test_unknown_commit_outcome_is_settled_from_the_snapshot_history(ws: Workspace, moment: str) -> None:
+def test_unknown_commit_outcome_is_settled_from_the_snapshot_history(
+    ws: Workspace, moment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A commit whose reply is lost is looked up by its commit id: landed means kept, not landed means retried; never twice."""
     ws.tables = [trades_table()]
     ws.source["max_window"] = "20m"
     ws.create_trades()
     ws.insert_trades(3600, start="2026-01-01 00:00:00", step_us=1_000_000)
-    lost = ws.cli("once", env={"OFFLOADER_LOSE_COMMIT_REPLY": moment})
-    assert '"event": "commit_unknown"' in lost.stderr
-    settled = [json.loads(line) for line in lost.stderr.splitlines() if '"commit_settled"' in line]
-    assert settled and all(s["landed"] is (moment == "after") for s in settled)
+    app = ws.app()
+    monkeypatch.setenv("OFFLOADER_LOSE_COMMIT_REPLY", moment)  # offloader/faults.py
+    with structlog.testing.capture_logs() as logs:
+        (lost,) = app.run_cycle()
+    monkeypatch.delenv("OFFLOADER_LOSE_COMMIT_REPLY")
+    unknown, settled = events(logs, "commit_unknown"), events(logs, "commit_settled")
+    assert unknown and [s["commit_id"] for s in settled] == [u["commit_id"] for u in unknown], logs
+    assert all(s["landed"] is (moment == "after") for s in settled)
     if moment == "before":
-        assert lost.returncode == 1 and "the commit did not land" in lost.stderr
-        assert ws.iceberg_table("cold.trades").current_snapshot() is None
+        assert lost.outcome == "failed" and "the commit did not land" in lost.reason, lost.reason
+        assert len(unknown) == 1 and ws.iceberg_table("cold.trades").current_snapshot() is None
     else:
-        assert lost.returncode == 0, lost.stderr[-2000:]
-    rerun = ws.run_once()
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert lost.outcome == "committed" and lost.rows == 3600 and len(unknown) == lost.windows == 3, lost.reason
+    (rerun,) = app.run_cycle()
+    assert rerun.outcome == ("committed" if moment == "before" else "nothing_new"), rerun.reason
     assert_exact(ws)
+    app.close()
 
 
 @pytest.mark.storage

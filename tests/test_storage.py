@@ -8,9 +8,11 @@ container gets them), the region, and the engines that read through the REST cat
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import Workspace, assert_exact, dedent, run_cli, trades_table
+import structlog
+from helpers import Workspace, assert_exact, dedent, events, trades_table
 
 
 @pytest.mark.parametrize("storage", ["s3-sql", "s3-rest"], indirect=True)
@@ -73,6 +75,9 @@ def test_the_cold_tier_is_read_through_the_rest_catalog_by_duckdb_and_clickhouse
 
 def test_an_s3_warehouse_on_aws_without_a_region_is_warned_about(tmp_path: Path) -> None:
     """On AWS (no s3.endpoint) without s3.region or AWS_REGION, a start warns once that every start looks the region up."""
+    from offloader.app import App
+    from offloader.config import load_config
+
     config = tmp_path / "offloader.toml"
     config.write_text(
         dedent(
@@ -94,8 +99,14 @@ def test_an_s3_warehouse_on_aws_without_a_region_is_warned_about(tmp_path: Path)
             """
         )
     )
-    quiet = run_cli("history", config=config, env={"AWS_REGION": "eu-west-1"}, cwd=tmp_path)
-    warned = run_cli("history", config=config, cwd=tmp_path)
-    assert quiet.returncode == warned.returncode == 0, warned.stderr
-    assert warned.stderr.count('"event": "s3_region_unset"') == 1 and "catalog.s3.region" in warned.stderr
-    assert "s3_region_unset" not in quiet.stderr
+
+    def start(env: dict[str, str]) -> list[Any]:
+        """The s3_region_unset warnings of one start (the app built from the config, as every command does)."""
+        with structlog.testing.capture_logs() as logs:
+            App(load_config(config, env=env)).close()
+        return events(logs, "s3_region_unset")
+
+    quiet, warned = start({"AWS_REGION": "eu-west-1"}), start({})
+    (warning,) = warned
+    assert warning["log_level"] == "warning" and "catalog.s3.region" in warning["hint"]
+    assert quiet == []

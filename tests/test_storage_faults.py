@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 import structlog
 from faultproxy import FaultProxy
-from helpers import Workspace, assert_exact, trades_table
+from helpers import Workspace, assert_exact, events, trades_table
 
 from offloader.errors import AuthenticationError, CatalogError
 
@@ -84,10 +84,6 @@ def cycle(app: Any) -> tuple[Any, list[Any]]:
     with structlog.testing.capture_logs() as logs:
         (result,) = app.run_cycle()
     return result, logs
-
-
-def events(logs: list[Any], name: str) -> list[Any]:
-    return [entry for entry in logs if entry["event"] == name]
 
 
 def s3_path(location: str) -> str:
