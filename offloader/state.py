@@ -35,6 +35,12 @@ def schema_files() -> list[Path]:
     return files
 
 
+def _storable(fields: dict[str, Any]) -> dict[str, Any]:
+    """A record's fields as both backends store them: a NUL, which PostgreSQL text cannot hold,
+    is written as the two characters ``\\0`` (an error message may carry one from a library)."""
+    return {k: v.replace("\x00", "\\0") if isinstance(v, str) else v for k, v in fields.items()}
+
+
 def lock_key(table: str) -> int:
     """A stable signed 64-bit advisory lock key for a table."""
     return int.from_bytes(hashlib.sha256(f"offloader:{table}".encode()).digest()[:8], "big", signed=True)
@@ -154,7 +160,7 @@ class StateStore:
     def record_run(self, run: RunRecord) -> None:
         from sqlalchemy import text
 
-        values = dict(run.__dict__)
+        values = _storable(run.__dict__)
         cols = ", ".join(values)
         with self._connection("record a run") as conn:
             updated = conn.execute(
@@ -205,7 +211,7 @@ class StateStore:
     def record_audit(self, record: AuditRecord) -> None:
         from sqlalchemy import text
 
-        values = dict(record.__dict__)
+        values = _storable(record.__dict__)
         with self._connection("write the maintenance audit log") as conn:
             conn.execute(
                 text(f"INSERT INTO maintenance_audit_log ({', '.join(values)}) VALUES ({', '.join(':' + c for c in values)})"),

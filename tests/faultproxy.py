@@ -399,6 +399,7 @@ class FaultProxy:
         """Keep the request unanswered until the client gives up, the time is over or the proxy closes."""
         deadline = time.monotonic() + seconds
         while not self._closed.is_set() and time.monotonic() < deadline:
-            readable, _, _ = select.select([client], [], [], 0.2)
-            if readable and not client.recv(65536):
+            poller = select.poll()  # not select(): it refuses descriptors above 1024
+            poller.register(client, select.POLLIN)
+            if poller.poll(200) and not client.recv(65536):
                 return

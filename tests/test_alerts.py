@@ -10,17 +10,15 @@ tests/test_prometheus_e2e.py runs the rules and the dashboard's queries in a rea
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml  # a test dependency (pyproject.toml)
+from helpers import ROOT, anchors, require_binary
 
-ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts/offloader.rules.yml"
 RULE_TESTS = ROOT / "alerts/offloader.tests.yml"
 DASHBOARD = ROOT / "dashboards/offloader.json"
@@ -116,12 +114,7 @@ def _dashboard_panels() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("OFFLOADER_REQUIRE_PG"):
-            pytest.fail("promtool is required in CI: apt-get install prometheus (tests/run.sh tries)")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return path
+    return require_binary("promtool")
 
 
 def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -172,15 +165,6 @@ def test_promtool_checks_the_prometheus_config(promtool: str, tmp_path: Path) ->
 # -- the rules -------------------------------------------------------------------------------------
 
 
-def _slug(heading: str) -> str:
-    """The anchor GitHub gives a Markdown heading."""
-    return re.sub(r"[^a-z0-9 _-]", "", heading.lstrip("#").strip().lower()).replace(" ", "-")
-
-
-def _anchors(path: Path) -> set[str]:
-    return {_slug(line) for line in path.read_text().splitlines() if line.startswith("#")}
-
-
 def test_rules_define_the_alerts_with_severity_and_annotations() -> None:
     """Each alert exists once with a severity, summary and description naming the table, and a runbook_url."""
     rules = _rules()
@@ -219,7 +203,7 @@ def test_every_runbook_url_points_at_a_runbook_heading() -> None:
         path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
         file = ROOT / path
         assert file.parent == RUNBOOKS and file.is_file(), f"{rule['alert']}: {path} does not exist"
-        assert anchor in _anchors(file), f"{rule['alert']}: no heading #{anchor} in {path}"
+        assert anchor in anchors(file), f"{rule['alert']}: no heading #{anchor} in {path}"
 
 
 def test_rules_use_only_exported_metrics() -> None:

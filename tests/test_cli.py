@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
-from conftest import ROOT, Workspace, clean_env, trades_table
-
-
-def offloader(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(ws.command(*args), capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=300)
+import structlog
+from helpers import Workspace, assert_exact, events, trades_table
 
 
 def test_status_reports_cursor_lag_rows_and_last_run(ws: Workspace) -> None:
@@ -19,11 +15,11 @@ def test_status_reports_cursor_lag_rows_and_last_run(ws: Workspace) -> None:
     ws.create_trades()
     ws.create_trades("later")
     ws.insert_trades(1000, start="2026-01-01 00:00:00", step_us=1_000_000)
-    once = offloader(ws, "once", "--table", "trades")
+    once = ws.cli("once", "--table", "trades")
     assert once.returncode == 0, once.stderr
     assert once.stdout.startswith("trades: committed 1,000 rows")
     ws.insert_trades(10, start="2026-01-01 01:00:00", first_seq=1000)
-    status = offloader(ws, "status", "--json")
+    status = ws.cli("status", "--json")
     assert status.returncode == 0, status.stderr
     by_table = {s["table"]: s for s in json.loads(status.stdout)}
     trades = by_table["trades"]
@@ -32,7 +28,7 @@ def test_status_reports_cursor_lag_rows_and_last_run(ws: Workspace) -> None:
     assert trades["lag_seconds"] == pytest.approx(3600 + 0.009 - 999)
     assert trades["last_run"]["outcome"] == "committed" and trades["last_run"]["rows"] == 1000
     assert by_table["later"]["last_run"] is None and by_table["later"]["cursor"] is None
-    text = offloader(ws, "status")
+    text = ws.cli("status")
     assert "trades" in text.stdout and "2026-01-01 00:16:39.000000 / 999" in text.stdout
 
 
@@ -41,9 +37,9 @@ def test_history_lists_every_run_with_its_outcome(ws: Workspace) -> None:
     ws.tables = [trades_table()]
     ws.create_trades()
     ws.insert_trades(100, start="2026-01-01 00:00:00")
-    assert offloader(ws, "once").returncode == 0
-    assert offloader(ws, "once").returncode == 0
-    history = offloader(ws, "history", "--table", "trades")
+    assert ws.cli("once").returncode == 0
+    assert ws.cli("once").returncode == 0
+    history = ws.cli("history", "--table", "trades")
     lines = history.stdout.strip().splitlines()
     assert len(lines) == 2
     assert "nothing_new" in lines[0] and "committed  rows=100" in lines[1]
@@ -58,7 +54,7 @@ def test_failed_upstream_skips_its_dependents_and_exits_1(ws: Workspace) -> None
     ]
     ws.create_trades()
     ws.insert_trades(10, start="2026-01-01 00:00:00")
-    result = offloader(ws, "once")
+    result = ws.cli("once")
     assert result.returncode == 1
     assert "trades: committed 10 rows" in result.stdout
     assert "broken: FAILED: source table k2.missing does not exist" in result.stderr
@@ -66,8 +62,10 @@ def test_failed_upstream_skips_its_dependents_and_exits_1(ws: Workspace) -> None
 
 
 def test_transient_errors_are_retried_with_backoff_and_each_retry_is_logged(ws: Workspace) -> None:
-    """A table whose source is down is retried with backoff, each retry logged with its attempt number, then fails."""
+    """A table whose source is down is retried with backoff, each retry logged (a warning) with its attempt number, then fails."""
     import socket
+
+    from offloader.app import App
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -75,13 +73,16 @@ def test_transient_errors_are_retried_with_backoff_and_each_retry_is_logged(ws: 
     ws.source_dsn = f"http://default@127.0.0.1:{port}/k2"
     ws.tables = [trades_table()]
     ws.schedule.update(retry_attempts=3, retry_backoff="0.1s", retry_backoff_max="1s")
-    result = offloader(ws, "--log-level", "warning", "once")
-    assert result.returncode == 1
-    retries = [json.loads(line) for line in result.stderr.splitlines() if '"table_retry"' in line]
+    app = App(ws.config())  # the HTTP source, not the test's chDB
+    with structlog.testing.capture_logs() as logs:
+        (result,) = app.run_cycle()
+    app.close()
+    assert result.outcome == "failed" and result.attempts == 3
+    retries = events(logs, "table_retry")
     assert [r["attempt"] for r in retries] == [2, 3]
     assert [r["delay_seconds"] for r in retries] == [0.1, 0.2]
-    assert all(r["error_type"] == "source_error" and r["table"] == "trades" for r in retries)
-    assert f"trades: FAILED: cannot connect to ClickHouse at http://default@127.0.0.1:{port}/k2" in result.stderr
+    assert all(r["error_type"] == "source_error" and r["table"] == "trades" and r["log_level"] == "warning" for r in retries)
+    assert result.reason.startswith(f"cannot connect to ClickHouse at http://default@127.0.0.1:{port}/k2"), result.reason
 
 
 def test_sigterm_during_once_abandons_the_window_in_flight_and_a_rerun_is_exact(ws: Workspace) -> None:
@@ -93,9 +94,7 @@ def test_sigterm_during_once_abandons_the_window_in_flight_and_a_rerun_is_exact(
     ws.source["max_window"] = "1m"
     ws.create_trades()
     ws.insert_trades(60_000, start="2026-01-01 00:00:00", step_us=100_000)  # 100 windows: never all done before the signal
-    proc = subprocess.Popen(
-        ws.command("once"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=ROOT
-    )
+    proc = ws.start("once")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -112,8 +111,6 @@ def test_sigterm_during_once_abandons_the_window_in_flight_and_a_rerun_is_exact(
     assert table.scan().to_arrow().num_rows == sum(
         int(s.summary.additional_properties["offloader.source-rows"]) for s in table.snapshots()
     ), "only whole windows were committed"
-    rerun = offloader(ws, "once")
+    rerun = ws.cli("once")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    from test_offload import assert_exact
-
     assert_exact(ws)

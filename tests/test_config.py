@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, dedent
+from helpers import ROOT, dedent, run_cli
 
 from offloader.config import ConfigError, parse_duration, parse_size
 from offloader.config_loader import load_config
@@ -206,9 +206,7 @@ def test_durations_and_sizes() -> None:
 def test_cli_bad_config_exits_2_with_a_precise_message(tmp_path: Path) -> None:
     """The CLI turns a bad config into one line per problem on stderr and exit code 2, no traceback."""
     path = write(tmp_path, GOOD.replace('max_window = "1h"', 'max_window = "forever"'))
-    result = subprocess.run(
-        [sys.executable, "-m", "offloader", "--config", str(path), "once"], capture_output=True, text=True, cwd=ROOT
-    )
+    result = run_cli("once", config=path)
     assert result.returncode == 2
     assert "source.max_window = 'forever'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -216,10 +214,7 @@ def test_cli_bad_config_exits_2_with_a_precise_message(tmp_path: Path) -> None:
 
 def test_cli_missing_config_file(tmp_path: Path) -> None:
     """A config path that does not exist is named in the error."""
-    result = subprocess.run(
-        [sys.executable, "-m", "offloader", "--config", str(tmp_path / "nope.toml"), "status"],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+    result = run_cli("status", config=tmp_path / "nope.toml")
     assert result.returncode == 2 and "nope.toml" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -230,9 +225,7 @@ def test_cli_dead_state_store_exits_1_naming_it(tmp_path: Path) -> None:
     )
     text = text.replace('uri = "postgresql://offloader@postgres/offloader"', f'uri = "sqlite:///{tmp_path}/cat.db"')
     path = write(tmp_path, text)
-    result = subprocess.run(
-        [sys.executable, "-m", "offloader", "--config", str(path), "once"], capture_output=True, text=True, cwd=ROOT, timeout=120
-    )
+    result = run_cli("once", config=path, timeout=120)
     assert result.returncode == 1, result.stderr
     assert "state store" in result.stderr and "127.0.0.1:1" in result.stderr
     assert "Traceback" not in result.stderr

@@ -11,17 +11,16 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
+from helpers import ROOT
 
 from offloader import demo, demo_feed
 from offloader.config import parse_duration
 from offloader.config_loader import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
 ROWS = 50_000
 HOURS = 6.0
 BRONZE = [demo.bronze_table(e) for e in demo.EXCHANGES]

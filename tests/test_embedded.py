@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
-from conftest import ROOT, clean_env
+from helpers import run_cli
 
 from offloader import demo
 from offloader.clickhouse import ChdbEngine
 
 
 def run(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = clean_env(OFFLOADER_DATA_DIR=str(data_dir), OFFLOADER__SOURCE__SAFETY_LAG="0s")
-    return subprocess.run(
-        [sys.executable, "-m", "offloader", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
-    )
+    return run_cli(*args, env={"OFFLOADER_DATA_DIR": str(data_dir), "OFFLOADER__SOURCE__SAFETY_LAG": "0s"}, timeout=600)
 
 
 def test_embedded_default_offloads_all_ten_tables_exactly(tmp_path: Path) -> None:
@@ -53,4 +49,28 @@ def test_embedded_default_offloads_all_ten_tables_exactly(tmp_path: Path) -> Non
             assert len(source) > 0
     finally:
         os.chdir(here)
+        engine.close()
+
+
+NASTY_PARAMETERS = [
+    "back\\slash",
+    "tab\there",
+    "new\nline",
+    "carriage\rreturn",
+    "nul\0byte",
+    "it's",
+    "ünïcødé ✓",
+    "\\n literal",
+    "",
+]
+
+
+def test_nasty_strings_arrive_unchanged_in_the_embedded_engine(tmp_path: Path) -> None:
+    """Each value, sent as a {v:String} parameter, comes back from the engine byte for byte."""
+    engine = ChdbEngine(str(tmp_path / "ch"))
+    try:
+        for value in NASTY_PARAMETERS:
+            ((back, length),) = engine.rows("SELECT {v:String}, length({v:String})", {"v": value})
+            assert (back, length) == (value, len(value.encode())), repr(value)
+    finally:
         engine.close()

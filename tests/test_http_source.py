@@ -15,19 +15,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
-from conftest import Workspace, clean_env, trades_table
+from helpers import Workspace, assert_exact, iceberg_rows, trades_table
 from storage import free_port
 
 CHHTTP = Path(__file__).resolve().with_name("chhttp.py")
-KEYS_SQL = "SELECT toUnixTimestamp64Micro(ingestion_timestamp) AS ts, sequence_number FROM k2.trades"
 
 
 class Endpoint:
@@ -66,8 +62,9 @@ class Endpoint:
         assert self.proc.stdout is not None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
+            poller = select.poll()  # not select(): it refuses descriptors above 1024, and chDB holds many
+            poller.register(self.proc.stdout, select.POLLIN)
+            if poller.poll(200):
                 line = self.proc.stdout.readline()
                 if line.startswith("LISTENING "):
                     self.port = int(line.split()[1])
@@ -114,6 +111,10 @@ class Endpoint:
         self._clients.append(client)
         return client
 
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """The rows of a query on the source, read over the endpoint."""
+        return [tuple(row) for row in self.client().query(sql).result_rows]
+
     def close_clients(self) -> None:
         for client in self._clients:
             client.close()
@@ -141,45 +142,9 @@ def endpoint(ws: Workspace) -> Iterator[Endpoint]:
         ep.kill()
 
 
-def source_keys(ep: Endpoint) -> list[tuple[int, int]]:
-    table = ep.client().query_arrow(KEYS_SQL)
-    return sorted(zip(table.column("ts").to_pylist(), table.column("sequence_number").to_pylist(), strict=True))
-
-
-def iceberg_keys(ws: Workspace, target: str = "cold.trades") -> list[tuple[int, int]]:
-    """(ingestion_timestamp in µs, sequence_number) of every row in Iceberg, read by PyIceberg."""
-    table = ws.iceberg_arrow(target)
-    ts = pc.cast(table.column("ingestion_timestamp"), pa.timestamp("us", tz="UTC")).cast(pa.int64())
-    return sorted(zip(ts.to_pylist(), table.column("sequence_number").to_pylist(), strict=True))
-
-
-def assert_exact(ws: Workspace, ep: Endpoint, expected_rows: int) -> None:
-    """Iceberg equals the source row for row: none missing, none twice."""
-    src, cold = source_keys(ep), iceberg_keys(ws)
-    assert len(src) == expected_rows
-    dupes = [k for k, n in Counter(cold).items() if n > 1]
-    assert not dupes, f"{len(dupes)} rows twice in Iceberg, e.g. {dupes[:3]}"
-    missing = sorted(set(src) - set(cold))
-    assert not missing, f"{len(missing)} rows missing from Iceberg, e.g. {missing[:3]}"
-    assert cold == src
-
-
-def iceberg_rows(ws: Workspace, target: str = "cold.trades") -> int:
-    """Rows committed to Iceberg; 0 when the table was never created or has no snapshot."""
-    from pyiceberg.exceptions import NoSuchTableError
-
-    try:
-        table = ws.iceberg_table(target)
-    except NoSuchTableError:
-        return 0
-    return 0 if table.current_snapshot() is None else table.scan().to_arrow().num_rows
-
-
 def start_once(ws: Workspace) -> subprocess.Popen[str]:
     """`offloader once` as a subprocess, not waited for."""
-    return subprocess.Popen(
-        ws.command("once"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=ws.root
-    )
+    return ws.start("once")
 
 
 def failed_line(stderr: str, table: str = "trades") -> str:
@@ -257,12 +222,12 @@ def test_offload_over_http_is_exact(ws: Workspace, endpoint: Endpoint) -> None:
     done = ws.run_once()
     assert done.returncode == 0, done.stderr
     assert "trades: committed 50,000 rows in 5 window(s)" in done.stdout
-    assert_exact(ws, endpoint, 50_000)
+    assert_exact(ws, source=endpoint.rows, rows=50_000)
 
     again = ws.run_once()
     assert again.returncode == 0, again.stderr
     assert "trades: nothing new" in again.stdout
-    assert_exact(ws, endpoint, 50_000)
+    assert_exact(ws, source=endpoint.rows, rows=50_000)
     assert endpoint.stop() == 0
 
 
@@ -278,7 +243,7 @@ def test_two_runners_at_once_over_http(ws: Workspace, endpoint: Endpoint) -> Non
     stdouts = sorted((out for out, _ in outputs), key=lambda out: "committed" not in out)
     assert "trades: committed 100,000 rows in 10 window(s)" in stdouts[0], stdouts
     assert "trades: skipped: another runner holds this table's lock" in stdouts[1] or "trades: nothing new" in stdouts[1], stdouts
-    assert_exact(ws, endpoint, 100_000)
+    assert_exact(ws, source=endpoint.rows, rows=100_000)
     assert len(ws.iceberg_table("cold.trades").snapshots()) == 10
     assert endpoint.stop() == 0
 
@@ -306,7 +271,7 @@ def test_endpoint_failing_mid_stream(ws: Workspace, endpoint: Endpoint, fault: s
     rerun = ws.run_once()
     assert rerun.returncode == 0, rerun.stderr
     assert "trades: committed 100,000 rows in 1 window(s)" in rerun.stdout
-    assert_exact(ws, endpoint, 100_000)
+    assert_exact(ws, source=endpoint.rows, rows=100_000)
     assert endpoint.stop() == 0
 
 
@@ -329,8 +294,7 @@ def test_refused_credentials_fail_once_and_are_never_retried(ws: Workspace, endp
     right, wrong = "the-right-one", "not-the-right-one"
     endpoint.start(users={"offloader": right})
     ws.source_dsn = f"http://offloader@127.0.0.1:{endpoint.port}/k2"
-    env = clean_env(OFFLOADER__SOURCE__PASSWORD=wrong)
-    done = subprocess.run(ws.command("once"), capture_output=True, text=True, env=env, cwd=ws.root, timeout=120)
+    done = ws.cli("once", env={"OFFLOADER__SOURCE__PASSWORD": wrong}, timeout=120)
     assert done.returncode == 1, done.stdout + done.stderr
     line = failed_line(done.stderr)
     assert line.startswith(f"trades: FAILED: authentication failed at {ws.source_dsn}: "), line
@@ -340,8 +304,7 @@ def test_refused_credentials_fail_once_and_are_never_retried(ws: Workspace, endp
     assert "Traceback" not in done.stderr
     assert iceberg_rows(ws) == 0
 
-    env = clean_env(OFFLOADER__SOURCE__PASSWORD=right)
-    accepted = subprocess.run(ws.command("once"), capture_output=True, text=True, env=env, cwd=ws.root, timeout=120)
+    accepted = ws.cli("once", env={"OFFLOADER__SOURCE__PASSWORD": right}, timeout=120)
     assert accepted.returncode == 0, accepted.stderr
     assert "trades: committed 100 rows" in accepted.stdout
     assert endpoint.stop() == 0
@@ -356,12 +319,12 @@ def test_a_run_that_fails_before_it_starts_is_in_the_history_and_status_exits_1(
     assert done.returncode == 1, done.stdout + done.stderr
     reason = failed_line(done.stderr).removeprefix("trades: FAILED: ")
 
-    history = subprocess.run(ws.command("history"), capture_output=True, text=True, env=clean_env(), cwd=ws.root, timeout=60)
+    history = ws.cli("history", timeout=60)
     assert history.returncode == 0, history.stderr
     (run,) = history.stdout.splitlines()
     assert "  trades  failed  rows=0 " in run and f"  SourceError: {reason}" in run, run
 
-    status = subprocess.run(ws.command("status"), capture_output=True, text=True, env=clean_env(), cwd=ws.root, timeout=60)
+    status = ws.cli("status", timeout=60)
     assert status.returncode == 1, status.stdout + status.stderr
     header, row = status.stdout.splitlines()
     assert row.startswith("trades ") and " failed " in row, status.stdout
@@ -379,10 +342,10 @@ def test_check_and_repair_over_http(ws: Workspace, endpoint: Endpoint) -> None:
         "INSERT INTO k2.trades SELECT toDateTime64('2026-01-01 00:00:05', 3, 'UTC'), toDateTime64('2026-01-01 00:00:05.0005', 6, 'UTC'), "
         "999999, 'BTC-USDT', 'buy', toDecimal64(1, 8), toDecimal64(1, 8)"
     )
-    found = subprocess.run(ws.command("check"), capture_output=True, text=True, env=clean_env(), cwd=ws.root)
+    found = ws.cli("check")
     assert found.returncode == 1, found.stdout + found.stderr
     assert "clickhouse=20,001  iceberg=20,000  (-1)" in found.stdout
-    fixed = subprocess.run(ws.command("check", "--repair"), capture_output=True, text=True, env=clean_env(), cwd=ws.root)
+    fixed = ws.cli("check", "--repair")
     assert fixed.returncode == 0 and "trades: repaired" in fixed.stdout, fixed.stdout + fixed.stderr
-    assert_exact(ws, endpoint, 20_001)
+    assert_exact(ws, source=endpoint.rows, rows=20_001)
     assert endpoint.stop() == 0

@@ -16,6 +16,7 @@ compose.yaml is validated with a real compose implementation (podman-compose).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -33,7 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import PG_DSN, ROOT, TRADES_DDL, _pg_admin, _toml, _toml_key, trades_table
+from helpers import PG_DSN, ROOT, TRADES_DDL, fresh_pg_database, http_get, table_rows, toml_key, toml_value, trades_table
 from storage import SeaweedFS, Storage, free_port, stop_process
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
@@ -159,23 +160,8 @@ def pg_databases(pg_available: bool) -> Iterator[Callable[[], str]]:
     """Makes fresh PostgreSQL databases (dropped at the end); their DSNs."""
     if not pg_available:
         pytest.skip(f"PostgreSQL not reachable at {PG_DSN}")
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"offloader_img_{uuid.uuid4().hex[:12]}"
-        admin = _pg_admin()
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        admin.close()
-        made.append(name)
-        return f"{PG_DSN.rsplit('/', 1)[0]}/{name}"
-
-    yield make
-    admin = _pg_admin()
-    with admin.cursor() as cur:
-        for name in made:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with contextlib.ExitStack() as made:
+        yield lambda: made.enter_context(fresh_pg_database("offloader_img"))
 
 
 # -- one deployment: a container of an image on a config ---------------------------------------
@@ -203,12 +189,12 @@ class Deployment:
         catalog = {**self.storage.catalog_properties(), "s3.region": "us-east-1"}
         table = {**trades_table(self.table), "target": self.target}
         lines = [
-            "[source]", f"dsn = {_toml(self.clickhouse.dsn)}", 'safety_lag = "0s"', f"max_window = {_toml(self.max_window)}",
-            "[catalog]", *(f"{_toml_key(k)} = {_toml(v)}" for k, v in catalog.items()),
-            "[state]", f"dsn = {_toml(self.storage.pg_dsn)}",
+            "[source]", f"dsn = {toml_value(self.clickhouse.dsn)}", 'safety_lag = "0s"', f"max_window = {toml_value(self.max_window)}",
+            "[catalog]", *(f"{toml_key(k)} = {toml_value(v)}" for k, v in catalog.items()),
+            "[state]", f"dsn = {toml_value(self.storage.pg_dsn)}",
             "[schedule]", 'interval = "2s"', 'shutdown_timeout = "60s"',
             "[logging]", 'level = "debug"', 'format = "json"',
-            "[[tables]]", *(f"{k} = {_toml(v)}" for k, v in table.items()),
+            "[[tables]]", *(f"{k} = {toml_value(v)}" for k, v in table.items()),
         ]  # fmt: skip
         path = self.root / f"{self.name}.toml"
         path.write_text("\n".join(lines) + "\n")
@@ -265,24 +251,11 @@ class Deployment:
         return podman("logs", self.name).stdout + podman("logs", self.name).stderr
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as reply:  # noqa: S310
-                return reply.status, reply.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+        return http_get(self.port, path)
 
     def iceberg_rows(self) -> int:
         """The row count of the table as PyIceberg reads it from the catalog and S3 (0 before it exists)."""
-        catalog = self.storage.catalog()
-        try:
-            return int(catalog.load_table(self.target).scan().to_arrow().num_rows)
-        except Exception as exc:
-            if "NoSuchTable" in type(exc).__name__ or "does not exist" in str(exc).lower():
-                return 0
-            raise
-        finally:
-            if hasattr(catalog, "engine"):
-                catalog.engine.dispose()
+        return table_rows(self.storage, self.target)
 
     def wait_for(self, predicate: Callable[[], Any], what: str, timeout: float = 240) -> Any:
         deadline = time.monotonic() + timeout

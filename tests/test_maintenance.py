@@ -4,17 +4,17 @@ read back with PyIceberg and with ClickHouse's own icebergLocal reader."""
 
 from __future__ import annotations
 
+import datetime
 import json
-import subprocess
 import threading
 import time
 from typing import Any
 
 import pytest
-from conftest import Workspace, clean_env, trades_table
-from test_offload import assert_bars_exact, assert_exact, bars_table, create_bars, full_rows
+from helpers import Workspace, assert_bars_exact, assert_exact, bars_table, create_bars, full_rows, run_cli, trades_table
 
 DAY_US = 86_400_000_000
+RACE_SECONDS = 300  # the racing test's bound on how long it takes maintenance and the cycles to meet
 
 
 def daily_table(**overrides: Any) -> dict[str, Any]:
@@ -37,10 +37,6 @@ def small_cycles(ws: Workspace, app: Any, days: int = 3, per_day: int = 4, rows:
             assert result.outcome == "committed", result.reason
 
 
-def run_cli(ws: Workspace, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(ws.command(*args), capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=ws.root)
-
-
 @pytest.mark.storage(fileio=True)
 def test_maintain_compacts_closed_partitions_keeping_rows_and_cursor(ws: Workspace) -> None:
     """After many small cycles, `maintain` leaves fewer files, identical rows, and a next cycle that adds nothing."""
@@ -54,12 +50,12 @@ def test_maintain_compacts_closed_partitions_keeping_rows_and_cursor(ws: Workspa
     marker = app.state.mirror("trades")
     app.close()
 
-    dry = run_cli(ws, "maintain", "--dry-run")
+    dry = ws.cli("maintain", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "trades: compact: would do" in dry.stdout and "8 small files" in dry.stdout
     assert data_files(ws) == before_files, "a dry run changes nothing"
 
-    done = run_cli(ws, "maintain")
+    done = ws.cli("maintain")
     assert done.returncode == 0, done.stderr
     after_files = data_files(ws)
     # days 1 and 2 are closed (the cursor is on day 3): 4 files each become 1; day 3 is untouched
@@ -84,7 +80,7 @@ def test_maintain_compacts_closed_partitions_keeping_rows_and_cursor(ws: Workspa
     assert audit[0].files_before == len(before_files) and audit[0].files_after == len(after_files)
     app.close()
 
-    second = run_cli(ws, "maintain", "--table", "trades")
+    second = ws.cli("maintain", "--table", "trades")
     assert second.returncode == 0 and "compact: nothing to do" in second.stdout, second.stdout + second.stderr
 
 
@@ -208,23 +204,23 @@ def test_check_finds_and_repair_fixes_a_deleted_row_and_a_late_row(ws: Workspace
     app = ws.app()
     app.run_cycle()
     app.close()
-    assert run_cli(ws, "check").returncode == 0
+    assert ws.cli("check").returncode == 0
 
     _delete_one_row_by_hand(ws, 100)  # 00:08:20, first bucket
     ws.insert_trades(1, start="2026-01-01 02:30:00.5", first_seq=900_000)  # behind the cursor, after its window
-    found = run_cli(ws, "check", "--table", "trades")
+    found = ws.cli("check", "--table", "trades")
     assert found.returncode == 1, found.stdout + found.stderr
     assert "trades: DIFFERS: 2 of 5 buckets differ" in found.stdout
     assert "2026-01-01 00:00:00.000000  clickhouse=720  iceberg=719  (-1)" in found.stdout
     assert "2026-01-01 02:00:00.000000  clickhouse=721  iceberg=720  (-1)" in found.stdout
 
-    repaired = run_cli(ws, "check", "--repair")
+    repaired = ws.cli("check", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert "trades: repaired: 2 of 5 buckets differ" in repaired.stdout
     assert_exact(ws)
     snapshots = len(ws.iceberg_table("cold.trades").snapshots())
 
-    twice = run_cli(ws, "check", "--repair")
+    twice = ws.cli("check", "--repair")
     assert twice.returncode == 0 and "trades: consistent: 0 of 5 buckets differ" in twice.stdout
     assert len(ws.iceberg_table("cold.trades").snapshots()) == snapshots, "a second repair changes nothing"
 
@@ -272,14 +268,11 @@ def test_reset_then_once_gives_back_the_same_table(ws: Workspace) -> None:
     before_arrow = ws.iceberg_arrow("cold.trades").sort_by("sequence_number")
     app.close()
 
-    refused = subprocess.run(
-        ws.command("reset", "trades", "--to", "2026-01-02 00:00:00"), capture_output=True, text=True, env=clean_env(),
-        stdin=subprocess.DEVNULL, cwd=ws.root,
-    )  # fmt: skip
+    refused = ws.cli("reset", "trades", "--to", "2026-01-02 00:00:00")  # stdin is not a terminal
     assert refused.returncode == 2 and "--yes" in refused.stderr
     assert full_rows(ws) == before
 
-    done = run_cli(ws, "reset", "trades", "--to", "2026-01-02 00:00:00", "--yes")
+    done = ws.cli("reset", "trades", "--to", "2026-01-02 00:00:00", "--yes")
     assert done.returncode == 0, done.stderr
     kept = ws.iceberg_local("cold.trades", "max(ingestion_timestamp), count()")
     assert str(kept[0][0]).startswith("2026-01-02 00:00:00") and kept[0][1] == 24 * 60 + 1
@@ -292,7 +285,7 @@ def test_reset_then_once_gives_back_the_same_table(ws: Workspace) -> None:
     assert ws.iceberg_arrow("cold.trades").sort_by("sequence_number").equals(before_arrow)
     assert_exact(ws)
 
-    too_late = run_cli(ws, "reset", "trades", "--to", "2027-01-01 00:00:00", "--yes")
+    too_late = ws.cli("reset", "trades", "--to", "2027-01-01 00:00:00", "--yes")
     assert too_late.returncode == 2 and "must be before" in too_late.stderr
 
 
@@ -302,19 +295,19 @@ def test_reset_of_a_replace_mode_table_keeps_the_bars_at_the_reset_time(ws: Work
     ws.tables = [bars_table(partition_by=["day(window_start)"], replace_lookback="10m")]
     create_bars(ws)
     ws.insert_trades(3000, start="2026-01-01 00:00:00", step_us=3_000_000)  # 2.5 hours of one-minute bars
-    assert run_cli(ws, "once").returncode == 0
+    assert ws.cli("once").returncode == 0
     assert_bars_exact(ws)
     at_cut = ws.engine.rows("SELECT count() FROM k2.bars WHERE window_start = '2026-01-01 01:00:00'")[0][0]
     assert at_cut == 3, "bars sit at the reset time"
 
-    done = run_cli(ws, "reset", "bars", "--to", "2026-01-01 01:00:00", "--yes")
+    done = ws.cli("reset", "bars", "--to", "2026-01-01 01:00:00", "--yes")
     assert done.returncode == 0, done.stderr
     kept = ws.iceberg_local("cold.bars", "toString(max(window_start)), countIf(window_start = '2026-01-01 01:00:00')")
     assert kept == [("2026-01-01 01:00:00.000000", 3)], "the bars at T stay"
-    again = run_cli(ws, "once")
+    again = ws.cli("once")
     assert again.returncode == 0, again.stderr
     assert_bars_exact(ws)
-    check = run_cli(ws, "check")
+    check = ws.cli("check")
     assert check.returncode == 0 and "bars: consistent" in check.stdout, check.stdout + check.stderr
 
 
@@ -334,46 +327,57 @@ def test_reset_in_the_middle_of_rows_sharing_a_timestamp(ws: Workspace) -> None:
 
 
 def test_maintenance_racing_offload_cycles_loses_and_duplicates_nothing(ws: Workspace) -> None:
-    """`offloader maintain` in another process, again and again, while cycles commit new rows."""
+    """`offloader maintain` in another process, again and again, while cycles commit new rows: it
+    compacts at least twice while they run, a cycle that finds it holding the lock skips the table
+    and a later cycle takes those rows, every maintain exits 0, and every row is in Iceberg once."""
     ws.tables = [daily_table()]
     ws.maintenance = {"settle": "0s", "lock_wait": "2m"}
     ws.create_trades()
     ws.release()
-    command = ws.command("maintain")  # written config; the maintain process never opens the source
+    config = ws.write_config()  # the maintain process never opens the source
     app = ws.app()
     stop = threading.Event()
     runs: list[int] = []
     skipped = 0
+    taken = 0
 
     def maintainer() -> None:
         while not stop.is_set():
-            result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=clean_env(), cwd=ws.root)
+            result = run_cli("maintain", config=config, cwd=ws.root)
             runs.append(result.returncode)
+
+    def compactions() -> int:
+        return len([a for a in app.state.audits("trades", "compact", limit=500) if a.outcome == "ok"])
 
     thread = threading.Thread(target=maintainer)
     thread.start()
+    deadline = time.monotonic() + RACE_SECONDS
     try:
         seq = 0
-        # batches on day after day, four a day; at least five days, and on until maintenance has
-        # compacted at least twice while the cycles ran (at most 25 days)
-        for day in range(1, 26):
-            if day > 5 and len([a for a in app.state.audits("trades", "compact", limit=500) if a.outcome == "ok"]) >= 2:
-                break
+        # batches on day after day, four a day: at least five days, and on until maintenance has
+        # compacted twice and a cycle has found it holding the table's lock
+        day = 0
+        while day < 5 or compactions() < 2 or not skipped:
+            assert time.monotonic() < deadline, f"in {RACE_SECONDS}s: {compactions()} compactions, {skipped} cycles skipped"
+            date = datetime.date(2026, 1, 1) + datetime.timedelta(days=day)
+            day += 1
             for hour in range(0, 24, 6):
-                ws.insert_trades(400, start=f"2026-01-{day:02d} {hour:02d}:00:00", first_seq=seq, step_us=1_000_000)
+                ws.insert_trades(400, start=f"{date} {hour:02d}:00:00", first_seq=seq, step_us=1_000_000)
                 seq += 400
                 results = app.run_cycle()
                 # a cycle that finds maintenance holding the lock skips the table; a later one takes its rows
                 assert all(r.ok or r.outcome == "skipped" for r in results), [r.reason for r in results]
                 skipped += sum(r.outcome == "skipped" for r in results)
+                taken += sum(r.rows for r in results)
     finally:
         stop.set()
         thread.join()
     (last,) = app.run_cycle()
     assert last.ok, last.reason
+    assert taken + last.rows == seq, "each row was taken by exactly one cycle"
     assert runs and all(code == 0 for code in runs), runs
-    compacted = [a for a in app.state.audits("trades", "compact", limit=500) if a.outcome == "ok"]
-    assert compacted, "maintenance compacted while the cycles ran"
+    audits = app.state.audits("trades", limit=5000)
+    assert [a for a in audits if a.outcome not in {"ok", "nothing_to_do"}] == [], "maintenance always got the lock in time"
     assert_exact(ws)
     app.close()
 
@@ -399,7 +403,7 @@ def test_ttl_headroom_is_exported_and_flagged_by_status(ws: Workspace) -> None:
     (after,) = app.status()
     assert not after.ttl_risk and after.ttl_headroom_seconds == float("inf")
     app.close()
-    shown = run_cli(ws, "status")
+    shown = ws.cli("status")
     assert shown.returncode == 0 and "inf" in shown.stdout
 
 
@@ -426,7 +430,7 @@ def test_check_skips_what_the_ttl_already_deleted_and_repair_keeps_it(ws: Worksp
 def test_check_rejects_bad_arguments_with_a_message(ws: Workspace, bad: str) -> None:
     ws.tables = [daily_table()]
     ws.create_trades()
-    result = run_cli(ws, "check", bad)
+    result = ws.cli("check", bad)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert ("--since" in result.stderr) or ("unknown table" in result.stderr)
 

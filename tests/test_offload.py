@@ -12,89 +12,46 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from conftest import ROOT, Workspace, clean_env, trades_table
-
-KEY = "toString(ingestion_timestamp), sequence_number"
-
-
-def source_keys(ws: Workspace, table: str = "k2.trades") -> list[tuple[Any, ...]]:
-    return sorted(ws.engine.rows(f"SELECT {KEY} FROM {table}"))
-
-
-def cold_keys(ws: Workspace, target: str = "cold.trades") -> list[tuple[Any, ...]]:
-    """The cold tier's keys, read by ClickHouse's own Iceberg reader."""
-    return sorted(ws.iceberg_local(target, KEY))
-
-
-def duckdb_keys(ws: Workspace, target: str = "cold.trades") -> list[tuple[Any, ...]]:
-    """The cold tier's keys, read by DuckDB's Iceberg reader, as (epoch microseconds, sequence)."""
-    return sorted(ws.duckdb_rows(target, "epoch_us(ingestion_timestamp), sequence_number"))
-
-
-def assert_exact(ws: Workspace, table: str = "k2.trades", target: str = "cold.trades") -> None:
-    """The cold tier equals the source row for row, read by ClickHouse, DuckDB and PyIceberg: none missing, none twice."""
-    src, cold = source_keys(ws, table), cold_keys(ws, target)
-    dupes = [k for k, n in Counter(cold).items() if n > 1]
-    assert not dupes, f"{len(dupes)} rows twice in Iceberg, e.g. {dupes[:3]}"
-    missing = sorted(set(src) - set(cold))
-    assert not missing, f"{len(missing)} rows missing from Iceberg, e.g. {missing[:3]}"
-    assert len(cold) == len(src)
-    assert ws.iceberg_arrow(target).num_rows == len(src)
-    micros = sorted(ws.engine.rows(f"SELECT toUnixTimestamp64Micro(ingestion_timestamp), sequence_number FROM {table}"))
-    assert duckdb_keys(ws, target) == micros, "DuckDB reads the same rows as the source"
-
-
-def bars_table(**overrides: Any) -> dict[str, Any]:
-    """A replace-mode table of one-minute bars over the trades (create its view with :func:`create_bars`)."""
-    table = {
-        "name": "bars", "source": "k2.bars", "target": "cold.bars", "layer": "gold", "cursor": ["window_start"],
-        "partition_by": ["month(window_start)"], "mode": "replace", "replace_lookback": "2m",
-    }  # fmt: skip
-    table.update(overrides)
-    return table
-
-
-def create_bars(ws: Workspace) -> None:
-    """The trades table and the bars view over it: a bar changes while trades land in its minute."""
-    ws.create_trades()
-    ws.engine.command(
-        "CREATE VIEW k2.bars AS SELECT toStartOfMinute(exchange_timestamp) AS window_start, symbol, "
-        "count() AS trades, sum(quantity) AS volume FROM k2.trades GROUP BY window_start, symbol"
-    )
-
-
-BARS_KEY = "toString(toDateTime64(window_start, 6, 'UTC')), symbol, trades, toString(volume)"
-
-
-def assert_bars_exact(ws: Workspace, source: str = "k2.bars", target: str = "cold.bars") -> None:
-    """Every bar of the source is in Iceberg once, unchanged, read by ClickHouse and by DuckDB."""
-    expected = sorted(ws.engine.rows(f"SELECT {BARS_KEY} FROM {source}"))
-    assert sorted(ws.iceberg_local(target, BARS_KEY)) == expected
-    typed = "toUnixTimestamp64Micro(toDateTime64(window_start, 6, 'UTC')), symbol, trades, volume"
-    expected_typed = sorted(ws.engine.rows(f"SELECT {typed} FROM {source}"))
-    assert sorted(ws.duckdb_rows(target, "epoch_us(window_start), symbol, trades, volume")) == expected_typed
-
-
-def full_rows(ws: Workspace, target: str = "cold.trades") -> list[tuple[Any, ...]]:
-    cols = "toString(exchange_timestamp), toString(ingestion_timestamp), sequence_number, symbol, toString(side), toString(price), toString(quantity)"
-    return sorted(ws.iceberg_local(target, cols))
+import structlog
+from helpers import (
+    Workspace,
+    assert_bars_exact,
+    assert_exact,
+    bars_table,
+    cold_keys,
+    create_bars,
+    events,
+    full_rows,
+    trades_table,
+    wait_for,
+)
 
 
 def run_together(apps: list[Any]) -> list[list[Any]]:
-    """One cycle of each app, all started at the same instant in threads of their own."""
+    """One cycle of each app, all started at the same instant in threads of their own; each app's
+    results, one per configured table. An exception raised in a thread is raised here."""
     barrier = threading.Barrier(len(apps))
-    results: list[list[Any]] = [[] for _ in apps]
+    results: list[list[Any] | None] = [None for _ in apps]
+    errors: list[BaseException] = []
 
     def runner(i: int) -> None:
-        barrier.wait()
-        results[i] = apps[i].run_cycle()
+        try:
+            barrier.wait(timeout=60)
+            results[i] = apps[i].run_cycle()
+        except BaseException as exc:  # the test's thread re-raises it
+            errors.append(exc)
+            barrier.abort()
 
     threads = [threading.Thread(target=runner, args=(i,)) for i in range(len(apps))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return results
+    if errors:
+        raise errors[0]
+    done = [r for r in results if r is not None]
+    assert [len(r) for r in done] == [len(app.config.tables) for app in apps], results
+    return done
 
 
 @pytest.mark.storage
@@ -180,7 +137,9 @@ def test_sigkill_at_each_point_then_rerun_is_exact(ws: Workspace, point: str) ->
 
 
 def test_two_runners_together_take_each_row_once(ws: Workspace) -> None:
-    """Two runners started together on the same tables leave each row in Iceberg exactly once."""
+    """Two runners started together on the same tables leave each row in Iceberg exactly once: for each
+    table the one holding its lock commits every row, the other skips it (or finds nothing new) without
+    ever meeting it at commit."""
     ws.tables = [trades_table(), trades_table("trades2")]
     ws.source["max_window"] = "5m"
     ws.create_trades()
@@ -188,10 +147,16 @@ def test_two_runners_together_take_each_row_once(ws: Workspace) -> None:
     ws.insert_trades(3000, start="2026-01-01 00:00:00", step_us=100_000)
     ws.insert_trades(3000, start="2026-01-01 00:00:00", step_us=100_000, table="k2.trades2")
     apps = [ws.app(), ws.app()]
-    outcomes = [[r.outcome for r in results] for results in run_together(apps)]
+    together = run_together(apps)
+    outcomes = [[r.outcome for r in results] for results in together]
     assert all(o in {"committed", "nothing_new", "skipped"} for run in outcomes for o in run), outcomes
+    for name in ("trades", "trades2"):  # the runner holding a table's lock takes all its rows; the other takes none
+        runs = [r for results in together for r in results if r.table == name]
+        assert [r.outcome for r in runs].count("committed") == 1 and sum(r.rows for r in runs) == 3000, runs
+        assert sum(r.conflicts for r in runs) == 0, "the lock kept the other runner from writing: no commit conflict"
     for app in apps:
-        app.run_cycle()
+        (again, again2) = app.run_cycle()
+        assert again.outcome == again2.outcome == "nothing_new", (again, again2)
     assert_exact(ws)
     assert_exact(ws, "k2.trades2", "cold.trades2")
     for app in apps:
@@ -199,26 +164,62 @@ def test_two_runners_together_take_each_row_once(ws: Workspace) -> None:
 
 
 def test_writers_without_a_shared_lock_resolve_conflicts_exactly_once(ws: Workspace, tmp_path: Any) -> None:
-    """Two writers whose locks do not see each other conflict at commit, and still take each row once."""
+    """Two writers whose locks do not see each other conflict at commit (the loser counts it, logs
+    commit_conflict and re-plans from the winner's marker), and still take each row once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psycopg2
+
     from offloader.app import App
     from offloader.config import StateConfig
 
     ws.tables = [trades_table()]
     ws.source["max_window"] = "2m"
     ws.create_trades()
-    ws.insert_trades(4000, start="2026-01-01 00:00:00", step_us=50_000)
+    ws.insert_trades(2000, start="2026-01-01 00:00:00", step_us=50_000)
     config = ws.config()
     other = App(
         config.__class__(**{**config.__dict__, "state": StateConfig(dsn=f"sqlite:///{tmp_path}/other-state.db")}),
         engine=ws.engine,
     )
     apps = [ws.app(), other]
-    run_together(apps)
+    (first,) = apps[0].run_cycle()  # the table exists: both writers plan from its marker
+    assert first.outcome == "committed", first.reason
+    ws.insert_trades(2000, start="2026-01-01 01:00:00", step_us=50_000, first_seq=2000)
+    # The SQL catalog commits by an UPDATE of the table's row: the test holds that row until
+    # both writers wait on it, so that both have planned and written before either commits.
+    holder = psycopg2.connect(ws.pg_dsn)
+    try:
+        holder.cursor().execute("SELECT 1 FROM iceberg_tables WHERE table_name = 'trades' FOR UPDATE")
+        with structlog.testing.capture_logs() as logs, ThreadPoolExecutor(1) as pool:
+            running = pool.submit(run_together, apps)
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            watcher = psycopg2.connect(ws.pg_dsn)
+            watcher.autocommit = True
+            try:
+                wait_for(lambda: running.done() or _scalar(watcher, waiting) == 2, timeout=120, what="both commits waiting")
+            finally:
+                watcher.close()
+            holder.rollback()
+            together = [result for results in running.result(timeout=300) for result in results]
+    finally:
+        holder.close()
+    assert sorted(r.outcome for r in together) == ["committed", "nothing_new"], [(r.outcome, r.reason) for r in together]
+    conflicts = [entry for entry in logs if entry["event"] == "commit_conflict"]
+    assert sum(r.conflicts for r in together) == len(conflicts) == 1, "the two writers met at commit, and one lost"
+    assert sum(r.rows for r in together) == 2000, "the loser re-planned from the winner's marker: no row twice"
     for app in apps:
-        app.run_cycle()
+        (again,) = app.run_cycle()
+        assert again.outcome == "nothing_new", again.reason
     assert_exact(ws)
     for app in apps:
         app.close()
+
+
+def _scalar(conn: Any, sql: str) -> Any:
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchone()[0]
 
 
 @pytest.mark.storage
@@ -262,9 +263,7 @@ def test_mirror_ahead_of_iceberg_stops_the_table_until_mirror_reset(ws: Workspac
     assert "2030-01-01" in result.stderr and "mirror reset --table trades" in result.stderr
     assert len(cold_keys(ws)) == 1000
 
-    forgotten = subprocess.run(
-        ws.command("mirror", "reset", "--table", "trades"), capture_output=True, text=True, env=clean_env()
-    )
+    forgotten = ws.cli("mirror", "reset", "--table", "trades")
     assert forgotten.returncode == 0 and "forgotten" in forgotten.stdout, forgotten.stderr
     resumed = ws.run_once()
     assert resumed.returncode == 0 and "committed 500 rows" in resumed.stdout, resumed.stderr[-2000:]
@@ -459,7 +458,6 @@ def test_hostile_column_names_in_the_source_are_quoted_safely(ws: Workspace) -> 
 @pytest.mark.storage(fileio=True)
 def test_metadata_left_by_a_lost_commit_is_pruned_for_path_based_readers(ws: Workspace) -> None:
     """A staged metadata file of a commit that lost its race is removed, so path-based readers read the committed table."""
-    import json
     import uuid
 
     ws.tables = [trades_table()]
@@ -487,10 +485,7 @@ def test_random_sigkills_then_rerun_is_exact(ws: Workspace) -> None:
     """`offloader once` SIGKILLed at random moments, again and again with new rows arriving, ends exact after a re-run."""
     import random
     import signal
-    import subprocess
     import time
-
-    from conftest import ROOT
 
     rng = random.Random(20261123)  # noqa: S311 - kill timings, not secrets
     ws.tables = [trades_table()]
@@ -500,9 +495,7 @@ def test_random_sigkills_then_rerun_is_exact(ws: Workspace) -> None:
     for round_ in range(6):
         ws.insert_trades(40_000, start=f"2026-01-01 0{round_}:00:00", step_us=20_000, first_seq=first)
         first += 40_000
-        proc = subprocess.Popen(
-            ws.command("once"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(), cwd=ROOT
-        )
+        proc = ws.start("once", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(1.0, 4.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -577,31 +570,31 @@ def test_tables_are_created_format_v2_zstd3_with_their_partition_spec_and_file_s
 
 
 @pytest.mark.parametrize("moment", ["before", "after"])
-def test_unknown_commit_outcome_is_settled_from_the_snapshot_history(ws: Workspace, moment: str) -> None:
+def test_unknown_commit_outcome_is_settled_from_the_snapshot_history(
+    ws: Workspace, moment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A commit whose reply is lost is looked up by its commit id: landed means kept, not landed means retried; never twice."""
     ws.tables = [trades_table()]
     ws.source["max_window"] = "20m"
     ws.create_trades()
     ws.insert_trades(3600, start="2026-01-01 00:00:00", step_us=1_000_000)
-    lost = subprocess.run(
-        ws.command("once"),
-        capture_output=True,
-        text=True,
-        env=clean_env(OFFLOADER_LOSE_COMMIT_REPLY=moment),
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert '"event": "commit_unknown"' in lost.stderr
-    settled = [json.loads(line) for line in lost.stderr.splitlines() if '"commit_settled"' in line]
-    assert settled and all(s["landed"] is (moment == "after") for s in settled)
+    app = ws.app()
+    monkeypatch.setenv("OFFLOADER_LOSE_COMMIT_REPLY", moment)  # offloader/faults.py
+    with structlog.testing.capture_logs() as logs:
+        (lost,) = app.run_cycle()
+    monkeypatch.delenv("OFFLOADER_LOSE_COMMIT_REPLY")
+    unknown, settled = events(logs, "commit_unknown"), events(logs, "commit_settled")
+    assert unknown and [s["commit_id"] for s in settled] == [u["commit_id"] for u in unknown], logs
+    assert all(s["landed"] is (moment == "after") for s in settled)
     if moment == "before":
-        assert lost.returncode == 1 and "the commit did not land" in lost.stderr
-        assert ws.iceberg_table("cold.trades").current_snapshot() is None
+        assert lost.outcome == "failed" and "the commit did not land" in lost.reason, lost.reason
+        assert len(unknown) == 1 and ws.iceberg_table("cold.trades").current_snapshot() is None
     else:
-        assert lost.returncode == 0, lost.stderr[-2000:]
-    rerun = ws.run_once()
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert lost.outcome == "committed" and lost.rows == 3600 and len(unknown) == lost.windows == 3, lost.reason
+    (rerun,) = app.run_cycle()
+    assert rerun.outcome == ("committed" if moment == "before" else "nothing_new"), rerun.reason
     assert_exact(ws)
+    app.close()
 
 
 @pytest.mark.storage
@@ -633,7 +626,7 @@ def test_every_type_round_trips_through_the_offload_pipeline(ws: Workspace) -> N
     """Edge values of every mapped type, offloaded by a real cycle, come back unchanged from PyIceberg and icebergLocal."""
     import datetime as dt
 
-    from test_types import EDGES, as_icebergLocal_reads, create, expected_rows, norm
+    from typecases import EDGES, as_icebergLocal_reads, create, expected_rows, norm
 
     stamps = [dt.datetime(2026, 1, 1, 0, 0, i, tzinfo=dt.UTC) for i in range(3)]
     columns = [*EDGES, ("ts", "DateTime64(6, 'UTC')", [f"'2026-01-01 00:00:0{i}'" for i in range(3)], stamps)]

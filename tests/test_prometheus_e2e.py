@@ -11,9 +11,7 @@ are skipped, except in CI (``OFFLOADER_REQUIRE_PG`` set), where its absence fail
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import urllib.error
@@ -26,8 +24,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import PG_DSN, ROOT, Workspace, _pg_admin, clean_env, trades_table
-from test_service import free_port, wait_for
+from helpers import PG_DSN, ROOT, Workspace, fresh_pg_database, require_binary, trades_table, wait_for
+from storage import free_port
 
 RULES = ROOT / "alerts/offloader.rules.yml"
 DASHBOARD = ROOT / "dashboards/offloader.json"
@@ -80,12 +78,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 @pytest.fixture(scope="module")
 def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        if os.environ.get("OFFLOADER_REQUIRE_PG"):
-            pytest.fail("prometheus is required in CI: apt-get install prometheus (tests/run.sh tries)")
-        pytest.skip("prometheus not installed (apt-get install prometheus)")
-    return path
+    return require_binary("prometheus")
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +86,8 @@ def module_database(pg_available: bool) -> Iterator[str]:
     """A fresh PostgreSQL database for this module (catalog and state of the service)."""
     if not pg_available:
         pytest.skip(f"PostgreSQL not reachable at {PG_DSN}")
-    import uuid
-
-    name = f"offloader_t_{uuid.uuid4().hex[:12]}"
-    admin = _pg_admin()
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_DSN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_pg_database() as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +108,7 @@ def stack(prometheus_binary: str, module_database: str, tmp_path_factory: pytest
     }
     (root / "prometheus.yml").write_text(yaml.safe_dump(config))
     with (root / "service.err").open("w") as service_err, (root / "prometheus.log").open("w") as prometheus_log:
-        service = subprocess.Popen(
-            ws.command("run"), cwd=root, env=clean_env(), text=True, stdout=subprocess.DEVNULL, stderr=service_err
-        )
+        service = ws.start("run", stdout=subprocess.DEVNULL, stderr=service_err)
         server = subprocess.Popen(
             [
                 prometheus_binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'tsdb'}",

@@ -14,13 +14,12 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, clean_env
+from helpers import ROOT, anchors, cli_argv, run_cli
 
 RUNBOOKS = ROOT / "docs/runbooks"
 INDEX = RUNBOOKS / "index.md"
@@ -75,14 +74,12 @@ def _argv(line: str) -> list[str]:
     assert not re.search(r"<[a-z_-]+>", line), f"unknown placeholder in {line!r}"
     words = shlex.split(line)
     assert words[0] == "offloader"
-    return [sys.executable, "-m", "offloader", *words[1:]]
+    return cli_argv(*words[1:])
 
 
 def _offloader(workspace: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "offloader", *args], cwd=workspace, capture_output=True, text=True, timeout=timeout,
-        env=clean_env(OFFLOADER_DATA_DIR=str(workspace / "data")),
-    )  # fmt: skip
+    """`offloader ARGS` on the embedded demo workspace (no config: the data directory says where)."""
+    return run_cli(*args, env={"OFFLOADER_DATA_DIR": str(workspace / "data")}, cwd=workspace, timeout=timeout)
 
 
 def _subcommand(argv: list[str]) -> str:
@@ -146,8 +143,6 @@ def test_index_links_every_runbook_and_holds_a_decision_tree() -> None:
 @pytest.mark.parametrize("path", [*_runbooks(), INDEX], ids=lambda p: p.name)
 def test_runbook_links_resolve(path: Path) -> None:
     """Every relative link of a runbook points at an existing file, and at an existing heading when it has an anchor."""
-    from test_alerts import _anchors
-
     for target in LINK.findall(path.read_text()):
         if re.match(r"[a-z]+://", target):
             continue
@@ -155,7 +150,7 @@ def test_runbook_links_resolve(path: Path) -> None:
         resolved = (path.parent / file).resolve() if file else path
         assert resolved.exists(), f"{path.name}: broken link {target}"
         if anchor:
-            assert anchor in _anchors(resolved), f"{path.name}: no heading #{anchor} in {file or path.name}"
+            assert anchor in anchors(resolved), f"{path.name}: no heading #{anchor} in {file or path.name}"
 
 
 # -- the commands ----------------------------------------------------------------------------------
@@ -174,10 +169,7 @@ def test_runbook_command_runs(workspace: Path, runbook: str, line: str) -> None:
     if line in NOT_RUN:
         pytest.skip(f"{line}: {NOT_RUN[line]}")
     argv = _argv(line)
-    result = subprocess.run(
-        argv, cwd=workspace, capture_output=True, text=True, timeout=300,
-        env=clean_env(OFFLOADER_DATA_DIR=str(workspace / "data")),
-    )  # fmt: skip
+    result = _offloader(workspace, *argv[3:])
     output = result.stdout + result.stderr
     assert "Traceback" not in result.stderr, f"{runbook}: {line}\n{output}"
     code, shown = REPORTED_PROBLEMS.get(_subcommand(argv), (0, ""))

@@ -3,49 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import ROOT, Workspace, clean_env, trades_table
+from helpers import Workspace, assert_exact, http_get, iceberg_rows, run_cli, trades_table, wait_for
+from storage import free_port
 
 SENTINEL = "s3ntinel-Pa55-do-not-log"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 90, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (OSError, urllib.error.URLError):
-            value = None
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -63,9 +32,10 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 @contextmanager
 def daemon(ws: Workspace, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        ws.command("run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(**(env or {})), cwd=ROOT
-    )
+    catalog = ws.storage.catalog()  # the SQL catalog creates its tables: before the daemon, so that no reader races it
+    if hasattr(catalog, "engine"):
+        catalog.engine.dispose()
+    proc = ws.start("run", env=env)
     try:
         yield proc
     finally:
@@ -81,13 +51,6 @@ def service_ws(ws: Workspace, interval: str = "2s") -> int:
     return port
 
 
-def iceberg_rows(ws: Workspace, target: str) -> int:
-    try:
-        return int(ws.iceberg_arrow(target).num_rows)
-    except Exception:
-        return 0
-
-
 def test_daemon_offloads_and_metrics_match_what_was_offloaded(ws: Workspace) -> None:
     """Rows appear in Iceberg on schedule, and /metrics, /healthz, /readyz and /status agree with them."""
     port = service_ws(ws)
@@ -100,7 +63,7 @@ def test_daemon_offloads_and_metrics_match_what_was_offloaded(ws: Workspace) -> 
         wait_for(lambda: iceberg_rows(ws, "cold.trades") == 3000 and iceberg_rows(ws, "cold.trades2") == 1234, what="rows")
         text = wait_for(
             lambda: (
-                (t := get(port, "/metrics")[1])
+                (t := http_get(port, "/metrics")[1])
                 and metric(t, "offloader_rows_total", table="trades2", layer="bronze") == 1234
                 and metric(t, "offloader_cycle_duration_seconds_count") >= 1
                 and t
@@ -116,9 +79,9 @@ def test_daemon_offloads_and_metrics_match_what_was_offloaded(ws: Workspace) -> 
         assert metric(text, "offloader_build_info", version="0.1.0") == 1
         assert 'offloader_lag_seconds{table="trades"} 0.0' in text, "fully offloaded: the cursor is the newest source row"
         assert metric(text, "offloader_cycle_duration_seconds_count") >= 1
-        assert get(port, "/healthz")[0] == 200
-        assert get(port, "/readyz") == (200, "ready\n")
-        code, body = get(port, "/status")
+        assert http_get(port, "/healthz")[0] == 200
+        assert http_get(port, "/readyz") == (200, "ready\n")
+        code, body = http_get(port, "/status")
         assert code == 200 and '"iceberg_rows": 3000' in body and '"next_run"' in body
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -137,7 +100,9 @@ def test_a_failing_table_does_not_block_siblings_and_its_dependents_are_skipped(
     with daemon(ws) as proc:
         wait_for(lambda: iceberg_rows(ws, "cold.trades") == 500, what="sibling rows")
         text = wait_for(
-            lambda: (t := get(port, "/metrics")[1]) and metric(t, "offloader_consecutive_failures", table="broken") >= 2 and t,
+            lambda: (
+                (t := http_get(port, "/metrics")[1]) and metric(t, "offloader_consecutive_failures", table="broken") >= 2 and t
+            ),
             what="failures counted",
         )
         assert metric(text, "offloader_errors_total", table="broken", error_type="schema_error") >= 2
@@ -172,8 +137,6 @@ def test_sigterm_during_a_cycle_exits_cleanly_and_the_next_start_resumes_exactly
         wait_for(lambda: iceberg_rows(ws, "cold.trades") == 60_000, what="the rest", timeout=120)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    from test_offload import assert_exact
-
     assert_exact(ws)
 
 
@@ -192,14 +155,14 @@ def test_healthz_turns_503_when_the_scheduler_is_wedged_or_stopped(ws: Workspace
     port = server.server_address[1]
     try:
         service.start()
-        wait_for(lambda: get(port, "/healthz")[0] == 200, what="healthy", timeout=20)
+        wait_for(lambda: http_get(port, "/healthz")[0] == 200, what="healthy", timeout=20)
         service.scheduler.pause()  # the scheduler thread stops running jobs: wedged
-        code, body = wait_for(lambda: (r := get(port, "/healthz"))[0] == 503 and r, what="503 when wedged", timeout=20)
+        code, body = wait_for(lambda: (r := http_get(port, "/healthz"))[0] == 503 and r, what="503 when wedged", timeout=20)
         assert body == "scheduler not running\n"
         service.scheduler.resume()
-        wait_for(lambda: get(port, "/healthz")[0] == 200, what="healthy again", timeout=20)
+        wait_for(lambda: http_get(port, "/healthz")[0] == 200, what="healthy again", timeout=20)
         service.shutdown()
-        assert get(port, "/healthz")[0] == 503
+        assert http_get(port, "/healthz")[0] == 503
     finally:
         server.shutdown()
         app.close()
@@ -217,12 +180,12 @@ def test_readyz_names_the_part_that_does_not_answer(ws: Workspace, tmp_path: Any
     server, _ = serve(service, "127.0.0.1", 0)
     port = server.server_address[1]
     try:
-        assert get(port, "/readyz") == (200, "ready\n")
+        assert http_get(port, "/readyz") == (200, "ready\n")
         from offloader.config import StateConfig
         from offloader.state import StateStore
 
         app.state = StateStore(StateConfig(dsn="postgresql://nobody@127.0.0.1:1/none"))
-        assert get(port, "/readyz") == (503, "not ready: state\n")
+        assert http_get(port, "/readyz") == (503, "not ready: state\n")
     finally:
         server.shutdown()
         app.close()
@@ -237,13 +200,10 @@ def test_no_secret_reaches_logs_metrics_or_endpoints(ws: Workspace) -> None:
     env = {"OFFLOADER__STATE__PASSWORD": SENTINEL, "OFFLOADER__CATALOG__PASSWORD": SENTINEL, "OFFLOADER__LOGGING__LEVEL": "debug"}
     with daemon(ws, env) as proc:
         wait_for(lambda: iceberg_rows(ws, "cold.trades") == 100, what="rows")
-        bodies = [get(port, path)[1] for path in ("/metrics", "/healthz", "/readyz", "/status", "/nope")]
+        bodies = [http_get(port, path)[1] for path in ("/metrics", "/healthz", "/readyz", "/status", "/nope")]
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
-    status = subprocess.run(
-        [sys.executable, "-m", "offloader", "--config", str(ws.config_path), "status", "--json"],
-        capture_output=True, text=True, env={**os.environ, **env}, cwd=ROOT,
-    )  # fmt: skip
+    status = run_cli("status", "--json", config=ws.config_path, env=env, cwd=ws.root)
     for text in [out, err, status.stdout, status.stderr, *bodies]:
         assert SENTINEL not in text
     assert '"event": "offload_committed"' in out
@@ -271,12 +231,12 @@ def test_no_secret_in_the_traceback_of_an_internal_error(ws: Workspace, point: s
     """An internal error raised where a password is a local variable is logged with its traceback but without the frames' locals, so no secret reaches the output."""
     ws.tables = [trades_table()]
     ws.source_dsn = f"http://offloader@127.0.0.1:{free_port()}/k2"  # the fault fires before it is reached
-    command = ws.command("once")
+    ws.write_config()
     if not ws.storage.on_s3:  # an S3 key id, so that the S3 secret key from the environment is taken
         text = ws.config_path.read_text()
         ws.config_path.write_text(text.replace("[catalog]\n", '[catalog]\n"s3.access-key-id" = "offloader"\n', 1))
-    env = clean_env(**SECRETS_ENV, OFFLOADER_FAULT=f"internal_error:{point}")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    env = {**SECRETS_ENV, "OFFLOADER_FAULT": f"internal_error:{point}"}
+    done = run_cli("once", config=ws.config_path, env=env, cwd=ws.root, timeout=120)
     assert done.returncode == code, done.stdout + done.stderr
     assert SENTINEL not in done.stdout + done.stderr
     logged = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
@@ -287,7 +247,7 @@ def test_no_secret_in_the_traceback_of_an_internal_error(ws: Workspace, point: s
     assert ("__init__", module) in frames, frames  # the frame holding the secrets is in the traceback
     assert not any("locals" in frame for frame in raised["frames"]), raised["frames"]
 
-    debug = subprocess.run([*command[:3], "--debug", *command[3:]], capture_output=True, text=True, env=env, cwd=ROOT)
+    debug = run_cli("--debug", "once", config=ws.config_path, env=env, cwd=ws.root, timeout=120)
     assert debug.returncode != 0 and point in debug.stderr  # with --debug the traceback (locals too) is shown
 
 

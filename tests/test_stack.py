@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 import yaml  # a test dependency (pyproject.toml)
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 

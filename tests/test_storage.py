@@ -7,13 +7,12 @@ container gets them), the region, and the engines that read through the REST cat
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import Workspace, clean_env, dedent, trades_table
-from test_offload import assert_exact
+import structlog
+from helpers import Workspace, assert_exact, dedent, events, trades_table
 
 
 @pytest.mark.parametrize("storage", ["s3-sql", "s3-rest"], indirect=True)
@@ -28,13 +27,13 @@ def test_secrets_from_the_environment_as_the_example_config_suggests(ws: Workspa
     secrets = ws.storage.env()
     if pattern == "aws":
         secrets["AWS_SECRET_ACCESS_KEY"] = secrets.pop("OFFLOADER__CATALOG__S3_SECRET_ACCESS_KEY")
-    done = subprocess.run(ws.command("once"), capture_output=True, text=True, env=clean_env(**secrets), cwd=ws.root, timeout=300)
+    done = ws.cli("once", env=secrets)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "committed 2,000 rows" in done.stdout
     assert ws.storage.seaweed.secret_key not in done.stdout + done.stderr
     assert_exact(ws)
 
-    without = subprocess.run(ws.command("once"), capture_output=True, text=True, env=clean_env(), cwd=ws.root, timeout=300)
+    without = ws.cli("once")
     assert without.returncode == 2, "a missing secret is a config error at start, not a transient failure"
     assert "catalog.s3.access-key-id: is set but no secret key is" in without.stderr
     assert "table_retry" not in without.stderr
@@ -76,6 +75,9 @@ def test_the_cold_tier_is_read_through_the_rest_catalog_by_duckdb_and_clickhouse
 
 def test_an_s3_warehouse_on_aws_without_a_region_is_warned_about(tmp_path: Path) -> None:
     """On AWS (no s3.endpoint) without s3.region or AWS_REGION, a start warns once that every start looks the region up."""
+    from offloader.app import App
+    from offloader.config_loader import load_config
+
     config = tmp_path / "offloader.toml"
     config.write_text(
         dedent(
@@ -97,9 +99,14 @@ def test_an_s3_warehouse_on_aws_without_a_region_is_warned_about(tmp_path: Path)
             """
         )
     )
-    command = [sys.executable, "-m", "offloader", "--config", str(config), "history"]
-    quiet = subprocess.run(command, capture_output=True, text=True, env=clean_env(AWS_REGION="eu-west-1"), cwd=tmp_path)
-    warned = subprocess.run(command, capture_output=True, text=True, env=clean_env(), cwd=tmp_path)
-    assert quiet.returncode == warned.returncode == 0, warned.stderr
-    assert warned.stderr.count('"event": "s3_region_unset"') == 1 and "catalog.s3.region" in warned.stderr
-    assert "s3_region_unset" not in quiet.stderr
+
+    def start(env: dict[str, str]) -> list[Any]:
+        """The s3_region_unset warnings of one start (the app built from the config, as every command does)."""
+        with structlog.testing.capture_logs() as logs:
+            App(load_config(config, env=env)).close()
+        return events(logs, "s3_region_unset")
+
+    quiet, warned = start({"AWS_REGION": "eu-west-1"}), start({})
+    (warning,) = warned
+    assert warning["log_level"] == "warning" and "catalog.s3.region" in warning["hint"]
+    assert quiet == []

@@ -24,9 +24,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import structlog
-from conftest import Workspace, clean_env, trades_table
 from faultproxy import FaultProxy
-from test_offload import assert_exact
+from helpers import Workspace, assert_exact, events, trades_table
 
 from offloader.errors import AuthenticationError, CatalogError
 
@@ -85,10 +84,6 @@ def cycle(app: Any) -> tuple[Any, list[Any]]:
     with structlog.testing.capture_logs() as logs:
         (result,) = app.run_cycle()
     return result, logs
-
-
-def events(logs: list[Any], name: str) -> list[Any]:
-    return [entry for entry in logs if entry["event"] == name]
 
 
 def s3_path(location: str) -> str:
@@ -354,7 +349,7 @@ def test_a_lost_commit_reply_whose_lookup_fails_too_is_settled_by_the_next_run(w
 def run_refused(ws: Workspace, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`offloader once` in a subprocess, with retries configured (three attempts)."""
     ws.schedule.update(retry_attempts=3, retry_backoff="0.1s")
-    return subprocess.run(ws.command("once"), capture_output=True, text=True, env=clean_env(**env), cwd=ws.root, timeout=300)
+    return ws.cli("once", env=env)
 
 
 def assert_refused(done: subprocess.CompletedProcess[str], where: str, secret: str) -> None:
