@@ -101,3 +101,44 @@ def determine_partitions(spec: Any, schema: Any, table: pa.Table) -> Iterator[tu
 
     for part in _determine_partitions(spec, schema, table):
         yield part.partition_key, part.arrow_table_partition
+
+
+def cached_metadata(tx: Any) -> Any:
+    """``tx`` with its ``table_metadata`` computed once per staged change, not once per read.
+
+    PyIceberg 0.12's ``Transaction.table_metadata`` replays the staged updates onto the
+    table's metadata and deep-copies the result on EVERY read, and a snapshot producer
+    reads it a dozen times per commit: the cost of a commit then grows with the table's
+    snapshot list, which is what made a window of a long-lived table slow (upstream
+    apache/iceberg-python#2673, fixed there by caching the property the same way). The
+    value only changes when the base metadata object or the tuple of staged updates is
+    replaced (both are replaced, never mutated, by ``_stage`` and ``refresh``), so it is
+    cached on the identity of both. tests/unit/test_iceberg_internals.py pins that the
+    property still derives from ``_table.metadata`` and ``_updates``.
+    """
+    tx.__class__ = _cached_transaction_class(type(tx))
+    return tx
+
+
+_CACHED_CLASSES: dict[type, type] = {}
+
+
+def _cached_transaction_class(base: type) -> type:
+    if getattr(base, "_offloader_cached", False):
+        return base
+    if base not in _CACHED_CLASSES:
+        original = base.table_metadata  # type: ignore[attr-defined]
+
+        def table_metadata(self: Any) -> Any:
+            key = (self._table.metadata, self._updates)
+            hit = self.__dict__.get("_offloader_metadata")
+            if hit is not None and hit[0] is key[0] and hit[1] is key[1]:
+                return hit[2]
+            value = original.fget(self)
+            self.__dict__["_offloader_metadata"] = (key[0], key[1], value)
+            return value
+
+        _CACHED_CLASSES[base] = type(
+            base.__name__, (base,), {"table_metadata": property(table_metadata), "_offloader_cached": True}
+        )
+    return _CACHED_CLASSES[base]

@@ -36,6 +36,7 @@ from offloader.iceberg.files import (
     metadata_version,
     walk_files,
 )
+from offloader.iceberg.internals import cached_metadata
 from offloader.iceberg.mapping import iceberg_schema
 from offloader.iceberg.write import RollingFiles, WindowWrite
 from offloader.ports import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, DataFileEntry, Marker
@@ -264,7 +265,7 @@ class SinkTable:
         """
         from pyiceberg.exceptions import CommitFailedException
 
-        tx = self.table.transaction()
+        tx = cached_metadata(self.table.transaction())
         files = RollingFiles(tx.table_metadata, self.table.io, uuid.uuid4(), target_size, lanes=1)
         try:
             added: list[Any] = []
@@ -392,7 +393,7 @@ class SinkTable:
     def begin(self, plans: list[ColumnPlan] | None = None) -> WindowWrite:
         """Start the transaction of one window; with the source's ``plans``, evolve the schema inside it when needed."""
         try:
-            tx = self.table.transaction()
+            tx = cached_metadata(self.table.transaction())
             changes = plan_evolution(self.table.schema(), iceberg_schema(plans), self.config.name) if plans else []
             if changes:
                 with tx.update_schema() as update:

@@ -139,3 +139,43 @@ def test_bounded_rest_catalog_times_out_a_stalled_request(slow_catalog: str) -> 
     catalog = internals.bounded_rest_catalog("cold", {"uri": slow_catalog, internals.REST_TIMEOUT: "0.5"})
     with pytest.raises(requests.exceptions.Timeout):
         catalog.list_namespaces()
+
+
+def test_cached_metadata_computes_once_per_staged_change_and_follows_refresh(tmp_path: Path) -> None:
+    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.table import update as table_update
+
+    catalog = SqlCatalog("t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}")
+    catalog.create_namespace("n")
+    table = catalog.create_table("n.t", rows(1).schema)
+    table.append(rows(3))
+    calls: list[int] = []
+    replay = table_update.update_table_metadata
+
+    def counting(base: object, updates: tuple[object, ...], *args: object, **kwargs: object) -> object:
+        calls.append(len(updates))
+        return replay(base, updates, *args, **kwargs)  # type: ignore[arg-type]
+
+    import pyiceberg.table as table_module
+
+    table_module.update_table_metadata = counting  # the name the property calls
+    try:
+        tx = internals.cached_metadata(table.transaction())
+        first = tx.table_metadata
+        assert tx.table_metadata is first and len(calls) == 1  # a second read is free
+        tx.set_properties({"k": "v"})
+        staged = tx.table_metadata
+        assert staged.properties["k"] == "v" and "k" not in first.properties  # a staged change is seen
+        assert tx.table_metadata is staged and len(calls) == 2
+        other = catalog.load_table("n.t")
+        other.append(rows(2, day=2))  # an uncached append reads the property many times
+        assert len(calls) > 5
+        calls.clear()
+        tx._table.refresh()
+        assert tx.table_metadata.current_snapshot().snapshot_id == other.current_snapshot().snapshot_id  # follows refresh
+        assert len(calls) == 1
+        tx.commit_transaction()
+    finally:
+        table_module.update_table_metadata = replay
+    assert catalog.load_table("n.t").properties["k"] == "v"
+    assert type(internals.cached_metadata(tx)) is type(tx)  # wrapping twice is a no-op
