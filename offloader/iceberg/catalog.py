@@ -21,17 +21,17 @@ from offloader.errors import (
 )
 from offloader.faults import fail
 from offloader.iceberg.failures import failure, refusal
-from offloader.iceberg.internals import bounded_rest_catalog
+from offloader.iceberg.internals import bounded_rest_catalog, lean_sql_catalog
 from offloader.iceberg.mapping import iceberg_schema, plan_columns
-from offloader.iceberg.table import SinkTable
+from offloader.iceberg.table import BOUNDED_HISTORY, SinkTable
 
 TABLE_PROPERTIES = {
     "format-version": "2",
     "write.parquet.compression-codec": "zstd",
     "write.parquet.compression-level": "3",
     "commit.retry.num-retries": "0",
-    "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "100",
+    **BOUNDED_HISTORY,
 }
 
 
@@ -60,6 +60,8 @@ class Sink:
             try:
                 if properties.get("type") == "rest":
                     self.catalog = bounded_rest_catalog(config.name, properties)
+                elif properties.get("type") == "sql":
+                    self.catalog = lean_sql_catalog(config.name, properties)
                 else:
                     self.catalog = load_catalog(config.name, **properties)
                 break

@@ -41,6 +41,11 @@ from offloader.iceberg.mapping import iceberg_schema
 from offloader.iceberg.write import RollingFiles, WindowWrite
 from offloader.ports import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, DataFileEntry, Marker
 
+BOUNDED_HISTORY = {  # what keeps a commit's cost flat as the table ages (docs/storage.md)
+    "commit.manifest-merge.enabled": "true",
+    "write.metadata.delete-after-commit.enabled": "true",
+}
+
 
 class SinkTable:
     """One destination table and the transaction of the window being written."""
@@ -56,13 +61,17 @@ class SinkTable:
         return failure(exc, message, io_properties(self.table))
 
     def _ensure_properties(self) -> None:
-        """Tables written by offloader never let PyIceberg retry a commit blindly."""
+        """Tables written by offloader never let PyIceberg retry a commit blindly, and, unless
+        their owner said otherwise, merge manifests and keep a bounded metadata folder."""
         props = self.table.metadata.properties
-        if props.get("commit.retry.num-retries") != "0":
+        wanted = {"commit.retry.num-retries": "0"} if props.get("commit.retry.num-retries") != "0" else {}
+        wanted |= {key: value for key, value in BOUNDED_HISTORY.items() if key not in props}
+        if wanted:
             try:
-                self.table = self.table.transaction().set_properties({"commit.retry.num-retries": "0"}).commit_transaction()
+                self.table = self.table.transaction().set_properties(wanted).commit_transaction()
             except Exception as exc:
-                raise self._failure(exc, f"cannot set commit.retry.num-retries=0 on {self.config.target}") from exc
+                settings = ", ".join(f"{k}={v}" for k, v in wanted.items())
+                raise self._failure(exc, f"cannot set {settings} on {self.config.target}") from exc
 
     @property
     def schema(self) -> Any:

@@ -307,8 +307,14 @@ class WindowWrite:
         return int(snapshot.snapshot_id)
 
     def _producer(self, props: dict[str, str], overwrite: bool) -> Any:
+        """An overwrite, or an append that merges small manifests (``commit.manifest-merge.*``)
+        so that the manifests of the current snapshot, and the cost of the next commit, stay
+        bounded however many windows the table has taken."""
         update = self.tx.update_snapshot(snapshot_properties=props)
-        return update.overwrite() if overwrite else update.fast_append()
+        if overwrite:
+            return update.overwrite()
+        merge = self.tx.table_metadata.properties.get("commit.manifest-merge.enabled", "false").lower() == "true"
+        return update.merge_append() if merge else update.fast_append()
 
     def discard(self) -> None:
         """Delete the files of a window that will not be committed (best effort)."""

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -141,41 +142,94 @@ def test_bounded_rest_catalog_times_out_a_stalled_request(slow_catalog: str) -> 
         catalog.list_namespaces()
 
 
-def test_cached_metadata_computes_once_per_staged_change_and_follows_refresh(tmp_path: Path) -> None:
+def _catalog_with_table(tmp_path: Path) -> tuple[Any, Any]:
     from pyiceberg.catalog.sql import SqlCatalog
-    from pyiceberg.table import update as table_update
 
     catalog = SqlCatalog("t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=f"file://{tmp_path}")
     catalog.create_namespace("n")
     table = catalog.create_table("n.t", rows(1).schema)
     table.append(rows(3))
+    return catalog, table
+
+
+def test_the_transaction_property_replays_the_staged_updates_on_the_table_metadata() -> None:
+    import inspect
+
+    from pyiceberg.table import Transaction
+
+    source = inspect.getsource(Transaction.table_metadata.fget)
+    assert "update_table_metadata(self._table.metadata, self._updates)" in source
+
+
+def test_replayed_is_update_table_metadata_without_the_copy(tmp_path: Path) -> None:
+    from pyiceberg.table.update import update_table_metadata
+
+    _, table = _catalog_with_table(tmp_path)
+    tx = table.transaction()
+    tx.set_properties({"k": "v"})
+    tx.append(rows(2, day=2))
+    base, updates = table.metadata, tx._updates
+    assert len(updates) >= 3  # properties, the snapshot and its ref
+    ours, theirs = internals.replayed(base, updates), update_table_metadata(base, updates)
+    assert ours.model_dump(exclude={"last_updated_ms"}) == theirs.model_dump(exclude={"last_updated_ms"})
+    assert ours.last_updated_ms > base.last_updated_ms
+    assert ours.snapshots[0] is base.snapshots[0]  # shared, not copied
+    assert internals.replayed(base, ()) is base
+
+
+def test_cached_metadata_computes_once_per_staged_change_and_follows_refresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog, table = _catalog_with_table(tmp_path)
     calls: list[int] = []
-    replay = table_update.update_table_metadata
+    replay = internals.replayed
 
-    def counting(base: object, updates: tuple[object, ...], *args: object, **kwargs: object) -> object:
+    def counting(base: Any, updates: tuple[Any, ...]) -> Any:
         calls.append(len(updates))
-        return replay(base, updates, *args, **kwargs)  # type: ignore[arg-type]
+        return replay(base, updates)
 
-    import pyiceberg.table as table_module
-
-    table_module.update_table_metadata = counting  # the name the property calls
-    try:
-        tx = internals.cached_metadata(table.transaction())
-        first = tx.table_metadata
-        assert tx.table_metadata is first and len(calls) == 1  # a second read is free
-        tx.set_properties({"k": "v"})
-        staged = tx.table_metadata
-        assert staged.properties["k"] == "v" and "k" not in first.properties  # a staged change is seen
-        assert tx.table_metadata is staged and len(calls) == 2
-        other = catalog.load_table("n.t")
-        other.append(rows(2, day=2))  # an uncached append reads the property many times
-        assert len(calls) > 5
-        calls.clear()
-        tx._table.refresh()
-        assert tx.table_metadata.current_snapshot().snapshot_id == other.current_snapshot().snapshot_id  # follows refresh
-        assert len(calls) == 1
-        tx.commit_transaction()
-    finally:
-        table_module.update_table_metadata = replay
+    monkeypatch.setattr(internals, "replayed", counting)
+    tx = internals.cached_metadata(table.transaction())
+    first = tx.table_metadata
+    assert tx.table_metadata is first and len(calls) == 1  # a second read is free
+    tx.set_properties({"k": "v"})
+    staged = tx.table_metadata
+    assert staged.properties["k"] == "v" and "k" not in first.properties  # a staged change is seen
+    assert tx.table_metadata is staged and len(calls) == 2
+    other = catalog.load_table("n.t")
+    other.append(rows(2, day=2))
+    tx._table.refresh()
+    assert tx.table_metadata.current_snapshot().snapshot_id == other.current_snapshot().snapshot_id  # follows refresh
+    assert len(calls) == 3
+    tx.commit_transaction()
     assert catalog.load_table("n.t").properties["k"] == "v"
     assert type(internals.cached_metadata(tx)) is type(tx)  # wrapping twice is a no-op
+
+
+def test_lean_sql_catalog_commits_what_pyiceberg_commits_and_still_sees_other_writers(tmp_path: Path) -> None:
+    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.exceptions import CommitFailedException
+
+    props = {"uri": f"sqlite:///{tmp_path}/c.db", "warehouse": f"file://{tmp_path}"}
+    plain = SqlCatalog("t", **props)
+    plain.create_namespace("n")
+    plain.create_table(
+        "n.t", rows(1).schema, properties={"write.metadata.previous-versions-max": "2", "commit.retry.num-retries": "0"}
+    )
+    lean = internals.lean_sql_catalog("t", props)
+    table = lean.load_table("n.t")
+    assert lean.load_table("n.t").metadata is table.metadata  # a location is parsed once
+    for day in (1, 2, 3):
+        table.append(rows(2, day=day))
+    reloaded = plain.load_table("n.t")  # what any other reader parses from the file
+    assert reloaded.metadata_location == table.metadata_location
+    assert reloaded.metadata.model_dump() == table.metadata.model_dump()
+    assert len(reloaded.metadata.snapshots) == 3 and len(reloaded.metadata.metadata_log) == 2  # the log is bounded
+    assert reloaded.scan().to_arrow().num_rows == 6
+    stale = lean.load_table("n.t")
+    plain.load_table("n.t").append(rows(1, day=4))  # another writer commits first
+    with pytest.raises(CommitFailedException):
+        stale.append(rows(1, day=5))
+    fresh = lean.load_table("n.t")
+    assert fresh.metadata_location == plain.load_table("n.t").metadata_location
+    assert fresh.scan().to_arrow().num_rows == 7
