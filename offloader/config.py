@@ -97,7 +97,8 @@ def parse_size(text: str | int) -> int:
 class SourceConfig:
     dsn: str
     safety_lag: float = 300.0
-    max_window: float = 3600.0
+    max_window: float = 86400.0
+    max_window_rows: int = 10_000_000
     user: str | None = None
     password: Secret | None = None
     query_timeout: float = 600.0
@@ -173,6 +174,7 @@ class TableConfig:
     target_file_size: int | None = None
     safety_lag: float | None = None
     max_window: float | None = None
+    max_window_rows: int | None = None
     cron: str | None = None
     check_columns: tuple[str, ...] = ()
 

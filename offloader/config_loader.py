@@ -115,7 +115,17 @@ class _Validator(Checks):
         self.unknown_keys(
             "source",
             s,
-            {"dsn", "safety_lag", "max_window", "user", "password", "password_file", "query_timeout", "settings"},
+            {
+                "dsn",
+                "safety_lag",
+                "max_window",
+                "max_window_rows",
+                "user",
+                "password",
+                "password_file",
+                "query_timeout",
+                "settings",
+            },
         )
         dsn = s.get("dsn")
         if not isinstance(dsn, str) or not re.match(r"^(chdb://|https?://)", dsn or ""):
@@ -132,7 +142,8 @@ class _Validator(Checks):
         return SourceConfig(
             dsn=dsn,
             safety_lag=self.duration("source.safety_lag", s.get("safety_lag"), 300.0),
-            max_window=self.duration("source.max_window", s.get("max_window"), 3600.0, minimum=0.001),
+            max_window=self.duration("source.max_window", s.get("max_window"), 86400.0, minimum=0.001),
+            max_window_rows=self.integer("source.max_window_rows", s.get("max_window_rows"), 10_000_000, 1, 2**62),
             user=s.get("user"),
             password=self.password("source", s),
             query_timeout=self.duration("source.query_timeout", s.get("query_timeout"), 600.0, minimum=1),
@@ -352,7 +363,7 @@ class _Validator(Checks):
         allowed = {
             "name", "source", "target", "layer", "cursor", "partition_by", "depends_on", "mode", "replace_lookback",
             "uint64", "bigint", "truncate_datetime64", "target_file_size", "safety_lag", "max_window", "cron",
-            "check_columns",
+            "check_columns", "max_window_rows",
         }  # fmt: skip
         self.unknown_keys(label, t, allowed)
         if not isinstance(name, str) or not IDENTIFIER.match(name):
@@ -392,6 +403,9 @@ class _Validator(Checks):
             target_file_size=self.size(f"{label}.target_file_size", t.get("target_file_size"), None),
             safety_lag=None if t.get("safety_lag") is None else self.duration(f"{label}.safety_lag", t["safety_lag"], 0),
             max_window=None if t.get("max_window") is None else self.duration(f"{label}.max_window", t["max_window"], 0, 0.001),
+            max_window_rows=None
+            if t.get("max_window_rows") is None
+            else self.integer(f"{label}.max_window_rows", t["max_window_rows"], 0, 1, 2**62),
             cron=self.cron(f"{label}.cron", t.get("cron")),
             check_columns=self.names(f"{label}.check_columns", t.get("check_columns", [])),
         )

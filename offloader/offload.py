@@ -6,7 +6,8 @@ One run of a table, under its runner lock (``job.guarded``):
 2. read the committed cursor from the Iceberg marker, the truth; repair a mirror that is
    behind, stop on a mirror that is ahead (``state``);
 3. take ``hi`` = the ClickHouse server's now() minus the safety lag, and split the backlog
-   between the cursor and ``hi`` into windows no longer than ``max_window``;
+   between the cursor and ``hi`` into windows no longer than ``max_window`` and of at most
+   ``max_window_rows`` rows (the ties of its last time excepted);
 4. commit each window as ONE snapshot whose summary carries the new cursor, then update the
    mirror (``window``).
 
@@ -39,6 +40,7 @@ class Offload:
         table, source = job.table, job.config.source
         self.safety_lag = table.safety_lag if table.safety_lag is not None else source.safety_lag
         self.max_window = table.max_window if table.max_window is not None else source.max_window
+        self.max_window_rows = table.max_window_rows if table.max_window_rows is not None else source.max_window_rows
 
     def run(self) -> TableResult:
         run_id = uuid.uuid4().hex
@@ -153,10 +155,11 @@ class Offload:
             self._replace_windows(windows, cursor, hi, frozen, result)
             return
         total, first = source.backlog(cursor, hi)  # counted once, for progress
+        max_rows = self.max_window_rows if total > self.max_window_rows else None  # no cap query when it fits
         done = 0
         while first is not None:
             self._check_stop()
-            window = Window(cursor, source.window_end(first, self.max_window, hi))
+            window = Window(cursor, source.window_end(first, self.max_window, hi, max_rows=max_rows, lo=cursor))
             committed = windows.append(window)
             if committed is None:
                 break
@@ -183,7 +186,7 @@ class Offload:
         start = floor or first
         while True:
             self._check_stop()
-            end = source.window_end(start, self.max_window, hi)
+            end = source.window_end(start, self.max_window, hi, max_rows=self.max_window_rows)
             moved = min(end, frozen, key=lambda t: parse_time(t))
             if floor is not None and parse_time(moved) < parse_time(floor):
                 moved = floor

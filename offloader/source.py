@@ -201,10 +201,26 @@ class Source:
         )
         return str(newest) if count else since
 
-    def window_end(self, first: str, max_window: float, hi: str) -> str:
-        """The inclusive end of a window starting at ``first``: no longer than ``max_window``."""
-        end = parse_time(first) + timedelta(seconds=max_window)
-        return min(format_time(end), hi, key=time_key)
+    def window_end(self, first: str, max_window: float, hi: str, *, max_rows: int | None = None, lo: Cursor | None = None) -> str:
+        """The inclusive end of a window starting at ``first``: no longer than ``max_window``
+        and, with ``max_rows``, ending at the time of the ``max_rows``-th row after ``lo``
+        (``first`` itself when ``lo`` is None) in time order.
+
+        The end is a time and the window takes every row at it, so rows that share a cursor
+        time are never split: a window exceeds ``max_rows`` only by the ties of its last time.
+        """
+        end = min(format_time(parse_time(first) + timedelta(seconds=max_window)), hi, key=time_key)
+        if max_rows is None:
+            return end
+        bounded = Window(lo, end) if lo is not None else Window(Cursor((first,)), end, inclusive=True)
+        where, params = self._where(bounded)
+        time_col = quote(self.cursor[0])
+        rows = self.engine.rows(
+            f"SELECT toString({time_col}, 'UTC') FROM {self.relation} WHERE {where} "
+            f"ORDER BY {time_col} LIMIT 1 OFFSET {int(max_rows) - 1}",
+            params,
+        )
+        return str(rows[0][0]) if rows else end
 
     def last_at_or_before(self, moment: str) -> Cursor | None:
         """The greatest cursor tuple whose time is at or before ``moment`` (read in key order)."""

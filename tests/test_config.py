@@ -54,6 +54,7 @@ def test_good_config_loads_with_the_public_names(tmp_path: Path) -> None:
     """The documented example loads, durations parsed to seconds and names kept."""
     config = load_config(write(tmp_path, GOOD), env={})
     assert config.source.safety_lag == 300 and config.source.max_window == 3600
+    assert config.source.max_window_rows == 10_000_000 and config.tables[0].max_window_rows is None
     (table,) = config.tables
     assert table.cursor == ("ingestion_timestamp", "sequence_number")
     assert table.partition_by == ("day(exchange_timestamp)",)
@@ -128,6 +129,17 @@ def test_environment_overrides_any_key(tmp_path: Path) -> None:
     assert config.source.safety_lag == 0
     assert config.schedule.max_parallel == 4
     assert config.tables[0].max_window == 600
+
+
+def test_max_window_rows_is_a_positive_integer_per_source_and_per_table(tmp_path: Path) -> None:
+    """max_window_rows caps a window's rows beside max_window; a bad value is named where it is."""
+    env = {"OFFLOADER__SOURCE__MAX_WINDOW_ROWS": "500000", "OFFLOADER__TABLES__BRONZE_TRADES_BINANCE__MAX_WINDOW_ROWS": "2000"}
+    config = load_config(write(tmp_path, GOOD), env=env)
+    assert config.source.max_window_rows == 500_000 and config.tables[0].max_window_rows == 2000
+    found = problems(tmp_path, GOOD.replace('max_window = "1h"', 'max_window = "1h"\nmax_window_rows = 0'))
+    assert any("source.max_window_rows = 0" in p and "expected an integer from 1" in p for p in found), found
+    found = problems(tmp_path, GOOD + 'max_window_rows = "many"\n')
+    assert any("tables.bronze_trades_binance.max_window_rows = 'many'" in p for p in found), found
 
 
 def test_environment_override_of_a_table_not_configured_is_an_error(tmp_path: Path) -> None:

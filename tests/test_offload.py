@@ -270,6 +270,23 @@ def test_mirror_ahead_of_iceberg_stops_the_table_until_mirror_reset(ws: Workspac
     assert_exact(ws)
 
 
+def test_backlog_split_by_rows_never_splits_a_timestamp(ws: Workspace) -> None:
+    """max_window_rows ends a window at the time of its N-th row: windows hold N rows, or more
+    only by the ties of their last time, and every row is taken once."""
+    ws.tables = [trades_table(max_window_rows=1000)]
+    ws.source["max_window"] = "1d"
+    ws.create_trades()
+    ws.insert_trades(1500, start="2026-01-01 00:00:00", step_us=1000)
+    ws.insert_trades(2500, start="2026-01-01 00:00:01.600000", same_ts=True, first_seq=1500)
+    ws.insert_trades(1500, start="2026-01-01 00:00:02", step_us=1000, first_seq=4000)
+    app = ws.app()
+    (result,) = app.run_cycle()
+    assert result.outcome == "committed"
+    assert [w.rows for w in result.window_results] == [1000, 3000, 1000, 500]
+    assert_exact(ws)
+    app.close()
+
+
 def test_ten_thousand_rows_on_one_timestamp_across_window_boundaries(ws: Workspace) -> None:
     """10,000 rows sharing one timestamp, amid tiny windows, are taken exactly once and never split."""
     ws.tables = [trades_table()]
