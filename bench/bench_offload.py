@@ -4,6 +4,8 @@ Seeds N bronze trade rows (9 columns, the shape of bronze_trades_*) into an embe
 ClickHouse (chDB) data directory, then measures in one run:
 
 - ClickHouse's native Parquet export (zstd) of the rows: the practical limit on this machine;
+- ClickHouse's own Iceberg insert (``ENGINE = IcebergLocal``) of the same rows, by day;
+- offloader's first load as one cycle in a running process (measured like the two above);
 - `offloader once` end to end (a subprocess: read, convert, write Parquet, verify, commit),
   its rows/s, MB/s and peak RSS;
 - a second `offloader once` that finds nothing new (seconds per table);
@@ -103,6 +105,42 @@ def native_export(path: Path, out: Path) -> tuple[float, int, int]:
     return seconds, out.stat().st_size, arrow_bytes
 
 
+ICEBERG_DDL = """
+CREATE TABLE default.native_iceberg (
+    exchange_timestamp DateTime64(6, 'UTC'), ingestion_timestamp DateTime64(6, 'UTC'), sequence_number Int64,
+    trade_id String, symbol String, side String, price Decimal(18, 8), quantity Decimal(18, 8), is_buyer_maker Int32
+) ENGINE = IcebergLocal('{path}') PARTITION BY toRelativeDayNum(exchange_timestamp)
+"""
+
+
+def clickhouse_iceberg_insert(path: Path, out: Path) -> float:
+    """ClickHouse's own Iceberg writer (``INSERT`` into ``ENGINE = IcebergLocal``): seconds.
+
+    The same rows, partitioned by day. Its writer refuses Bool and UInt8, so the flag goes
+    in as Int32; it keeps no cursor and verifies nothing.
+    """
+    import chdb
+
+    conn = chdb.connect(str(path))
+    here = os.getcwd()
+    out.mkdir(parents=True, exist_ok=True)
+    os.chdir(out)  # IcebergLocal writes only under the working directory
+    try:
+        conn.query(ICEBERG_DDL.replace("{path}", str(out / "table")))
+        started = time.perf_counter()
+        conn.query(
+            "INSERT INTO default.native_iceberg SELECT exchange_timestamp, ingestion_timestamp, sequence_number, trade_id, "
+            "symbol, toString(side), price, quantity, is_buyer_maker FROM k2.bronze_trades "
+            "SETTINGS allow_insert_into_iceberg = 1"
+        )
+        seconds = time.perf_counter() - started
+        conn.query("DROP TABLE default.native_iceberg")
+    finally:
+        os.chdir(here)
+        conn.close()
+    return seconds
+
+
 def run_once(config: Path) -> tuple[float, int, str]:
     """`offloader once` as a child process: seconds, peak RSS in bytes, stdout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -136,6 +174,7 @@ def main() -> None:
     seed_seconds = time.perf_counter() - started
 
     export_s, export_bytes, arrow_bytes = native_export(chdb_dir, work / "native.parquet")
+    iceberg_insert_s = clickhouse_iceberg_insert(chdb_dir, work / "native-iceberg")
 
     if args.catalog == "postgres":
         catalog_uri = state_dsn = _reset_pg(args.pg)
@@ -149,6 +188,7 @@ def main() -> None:
         '[[tables]]\nname = "bronze_trades"\nsource = "k2.bronze_trades"\ntarget = "cold.bronze_trades"\n'
         'layer = "bronze"\ncursor = ["ingestion_timestamp", "sequence_number"]\npartition_by = ["day(exchange_timestamp)"]\n'
     )
+    cycle_s = first_cycle_in_process(config, work)
     once_s, peak_rss, stdout = run_once(config)
     idle_process_s, _, idle_out = run_once(config)
     match = re.search(r"nothing new \(([0-9.]+)s\)", idle_out)
@@ -163,11 +203,16 @@ def main() -> None:
         "native_parquet_export_seconds": round(export_s, 3),
         "native_parquet_rows_per_second": round(args.rows / export_s),
         "native_parquet_bytes": export_bytes,
+        "clickhouse_iceberg_insert_seconds": round(iceberg_insert_s, 3),
+        "clickhouse_iceberg_insert_rows_per_second": round(args.rows / iceberg_insert_s),
         "offloader_once_seconds": round(once_s, 3),
+        "offloader_cycle_seconds_in_process": round(cycle_s, 3),
         "offloader_rows_per_second": round(args.rows / once_s),
         "offloader_arrow_mb_per_second": round(arrow_bytes / once_s / 1e6, 1),
         "offloader_peak_rss_mib": round(peak_rss / 2**20, 1),
         "offloader_vs_native": round(export_s / once_s, 3),
+        "offloader_over_native_in_process": round(cycle_s / export_s, 2),
+        "offloader_over_clickhouse_iceberg_in_process": round(cycle_s / iceberg_insert_s, 2),
         "idle_cycle_seconds_per_table": round(idle_s, 3),
         "idle_once_process_seconds": round(idle_process_s, 3),
         "idle_cycle_seconds_per_table_warm": round(warm_idle_s, 4),
@@ -189,6 +234,29 @@ def report(results: dict[str, object], out: Path) -> None:
     print("| figure | value |\n|---|---|")
     for key, value in results.items():
         print(f"| {key} | {value:,} |" if isinstance(value, int | float) else f"| {key} | {value} |")
+
+
+def first_cycle_in_process(config: Path, work: Path) -> float:
+    """Seconds of the first load as one cycle inside a running process, as the exports above
+    are measured (no interpreter start-up); the table and its state are dropped afterwards,
+    so that `offloader once` then does the same first load as a command."""
+    from offloader.app import App
+    from offloader.config_loader import load_config
+    from offloader.log import configure
+
+    configure("warning")
+    app = App(load_config(config, env={}))
+    try:
+        started = time.perf_counter()
+        (result,) = app.run_cycle()
+        seconds = time.perf_counter() - started
+        assert result.outcome == "committed", result
+        app.sink.catalog.drop_table("cold.bronze_trades")
+        app.state.delete_mirror("bronze_trades")
+    finally:
+        app.close()
+    shutil.rmtree(work / "warehouse", ignore_errors=True)
+    return seconds
 
 
 def warm_idle_cycle(config: Path) -> float:
