@@ -85,6 +85,31 @@ def write_config(work: Path, catalog: str, pg: str, window: float, max_window_ro
     return config
 
 
+def prepare(prefix: str, catalog: str, pg: str, window: float, extra: str = "") -> Path:
+    """A work directory with an embedded ClickHouse holding an empty k2.trades; its config."""
+    import chdb
+
+    from offloader.log import configure
+
+    configure("warning")
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    conn = chdb.connect(str(work / "clickhouse"))
+    conn.query("CREATE DATABASE IF NOT EXISTS k2")
+    conn.query(DDL)
+    conn.close()
+    return write_config(work, catalog, pg, window, None, extra)
+
+
+def seed_windows(app: Any, first: int, windows: int, rows: int, window: float) -> None:
+    """Insert ``windows`` windows of ``rows`` rows each, from window number ``first``."""
+    app.engine.rows(
+        SEED.replace("{rows:UInt64}", str(rows))
+        .replace("{step:UInt64}", str(int(window * 1e6)))
+        .replace("{first:UInt64}", str(first * rows))
+        .replace("{n:UInt64}", str(windows * rows))
+    )
+
+
 def table_figures(app: Any, config: Any) -> dict[str, Any]:
     """What drives the cost of a commit: the metadata, the manifests, the time to load."""
     table_config = config.tables[0]
@@ -136,19 +161,10 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
 
-    import chdb
-
     from offloader.app import App
     from offloader.config_loader import load_config
-    from offloader.log import configure
 
-    configure("warning")
-    work = Path(tempfile.mkdtemp(prefix="offloader-history-"))
-    conn = chdb.connect(str(work / "clickhouse"))
-    conn.query("CREATE DATABASE IF NOT EXISTS k2")
-    conn.query(DDL)
-    conn.close()
-    path = write_config(work, args.catalog, args.pg, args.window, None)
+    path = prepare("offloader-history-", args.catalog, args.pg, args.window)
     config = load_config(path, env={})
     clock = Clock()
     app = App(config)
@@ -158,12 +174,7 @@ def main() -> None:
     try:
         while done < args.windows:
             n = min(args.segment, args.windows - done)
-            app.engine.rows(
-                SEED.replace("{rows:UInt64}", str(args.rows))
-                .replace("{step:UInt64}", str(int(args.window * 1e6)))
-                .replace("{first:UInt64}", str(done * args.rows))
-                .replace("{n:UInt64}", str(n * args.rows))
-            )
+            seed_windows(app, done, n, args.rows, args.window)
             before = len(clock.moments)
             (result,) = app.run_cycle(observer=clock.observer)
             assert result.outcome == "committed" and result.windows == n, result

@@ -28,7 +28,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_history import DDL, SEED, expire, table_figures, write_config  # noqa: E402
+from bench.bench_history import expire, prepare, seed_windows, table_figures  # noqa: E402
 
 WINDOWS_PER_DAY = 96
 DAYS_PER_MONTH = 365 / 12
@@ -75,19 +74,10 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
 
-    import chdb
-
     from offloader.app import App
     from offloader.config_loader import load_config
-    from offloader.log import configure
 
-    configure("warning")
-    work = Path(tempfile.mkdtemp(prefix="offloader-year-"))
-    conn = chdb.connect(str(work / "clickhouse"))
-    conn.query("CREATE DATABASE IF NOT EXISTS k2")
-    conn.query(DDL)
-    conn.close()
-    config_path = write_config(work, args.catalog, args.pg, 900.0, None, '[maintenance]\norphan_age = "1m"\n')
+    config_path = prepare("offloader-year-", args.catalog, args.pg, 900.0, '[maintenance]\norphan_age = "1m"\n')
     config = load_config(config_path, env={})
     app = App(config)
     months: list[dict[str, Any]] = []
@@ -98,12 +88,7 @@ def main() -> None:
     next_month = DAYS_PER_MONTH
     try:
         for n in range(windows):
-            app.engine.rows(
-                SEED.replace("{rows:UInt64}", str(args.rows))
-                .replace("{step:UInt64}", str(900_000_000))
-                .replace("{first:UInt64}", str(n * args.rows))
-                .replace("{n:UInt64}", str(args.rows))
-            )
+            seed_windows(app, n, 1, args.rows, 900.0)
             began = time.perf_counter()
             (result,) = app.run_cycle()
             cycles.append(time.perf_counter() - began)
