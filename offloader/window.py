@@ -146,7 +146,7 @@ class Windows:
     def settle(self, tx: WindowWrite, snapshot_id: int, cursor: list[Any], window_hi: str) -> WindowResult:
         """After a commit: prune the metadata and move the state mirror to ``cursor``."""
         checkpoint("after_commit")
-        tx.owner.prune_metadata(self.log)
+        tx.owner.prune_metadata(self.log, after_commit=True)
         t = self.job.table
         self.job.state.set_mirror(t.name, t.target, cursor, snapshot_id, self.run_id)
         checkpoint("after_state")

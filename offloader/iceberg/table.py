@@ -41,10 +41,8 @@ from offloader.iceberg.mapping import iceberg_schema
 from offloader.iceberg.write import RollingFiles, WindowWrite
 from offloader.ports import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, DataFileEntry, Marker
 
-BOUNDED_HISTORY = {  # what keeps a commit's cost flat as the table ages (docs/storage.md)
-    "commit.manifest-merge.enabled": "true",
-    "write.metadata.delete-after-commit.enabled": "true",
-}
+# what keeps a commit's cost flat as the table ages (docs/storage.md)
+BOUNDED_HISTORY = {"commit.manifest-merge.enabled": "true", "write.metadata.delete-after-commit.enabled": "true"}
 
 
 class SinkTable:
@@ -53,6 +51,7 @@ class SinkTable:
     def __init__(self, table: Any, config: TableConfig, *, writable: bool = True) -> None:
         self.table = table
         self.config = config
+        self.suspect = True  # a metadata file may have been left by a failed commit: list the folder
         if writable:
             self._ensure_properties()
 
@@ -61,8 +60,7 @@ class SinkTable:
         return failure(exc, message, io_properties(self.table))
 
     def _ensure_properties(self) -> None:
-        """Tables written by offloader never let PyIceberg retry a commit blindly, and, unless
-        their owner said otherwise, merge manifests and keep a bounded metadata folder."""
+        """No blind commit retries; BOUNDED_HISTORY unless the table's owner set otherwise."""
         props = self.table.metadata.properties
         wanted = {"commit.retry.num-retries": "0"} if props.get("commit.retry.num-retries") != "0" else {}
         wanted |= {key: value for key, value in BOUNDED_HISTORY.items() if key not in props}
@@ -156,13 +154,10 @@ class SinkTable:
     def prune_uncommitted_metadata(self) -> int:
         """Delete metadata files that lost a commit race or a crash and can never become current.
 
-        Path-based Iceberg readers (ClickHouse's ``icebergLocal``, DuckDB's ``iceberg_scan``)
-        pick the newest ``*.metadata.json`` in the table's folder, not the catalog's
-        pointer. A commit that failed (a conflict, a crash mid-commit) leaves its staged
-        metadata file behind. Such a file whose version is at most the current one can never
-        be committed any more (a commit needs its base to be current), so it is safe to
-        remove; newer ones may belong to a commit in flight and are left alone.
-        """
+        Path-based readers (ClickHouse's ``icebergLocal``, DuckDB's ``iceberg_scan``) pick the
+        newest ``*.metadata.json`` in the folder, not the catalog's pointer. A stray file whose
+        version is at most the current one can never be committed (a commit needs its base to
+        be current), so it goes; newer ones may be a commit in flight and stay."""
         metadata = self.table.metadata
         current = self.table.metadata_location
         keep = {entry.metadata_file for entry in metadata.metadata_log} | {current}
@@ -172,21 +167,26 @@ class SinkTable:
             listed = list_files(self.table.io, folder)
         except Exception as exc:
             raise self._failure(exc, f"cannot list the metadata files of {self.config.target}") from exc
-        removed = 0
+        removed, newer = 0, False
         for path in listed:
             if not path.endswith(".metadata.json") or path in keep:
                 continue
             other = metadata_version(path)
+            newer = newer or other is None or version is None or other > version
             if other is not None and version is not None and other <= version:
                 try:
                     self.table.io.delete(path)
                     removed += 1
                 except Exception:  # noqa: S110 - best effort; the catalog stays the truth
                     pass
+        self.suspect = newer  # a newer file may be a commit in flight: look again after ours
         return removed
 
-    def prune_metadata(self, log: Any) -> None:
-        """:meth:`prune_uncommitted_metadata`, after a commit: a failure is logged, never fatal."""
+    def prune_metadata(self, log: Any, *, after_commit: bool = False) -> None:
+        """:meth:`prune_uncommitted_metadata`, logging a failure; ``after_commit``, only when a
+        stray file may exist (a commit failed, or the last listing left a newer file)."""
+        if after_commit and not self.suspect:
+            return
         try:
             pruned = self.prune_uncommitted_metadata()
         except (CatalogError, AuthenticationError) as exc:  # a policy may allow writing but not listing

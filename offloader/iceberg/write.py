@@ -298,8 +298,10 @@ class WindowWrite:
         try:
             self.owner.table = self.tx.commit_transaction()
         except CommitFailedException as exc:
+            self.owner.suspect = True  # its staged metadata file may be left behind
             raise CommitConflictError(f"{self.owner.config.target}: another writer committed first ({exc})") from exc
         except Exception as exc:  # CommitStateUnknownException, any other 5xx, a reset: unknown
+            self.owner.suspect = True
             raise refusal(exc, self.io.properties) or CommitUnknownError(
                 f"{self.owner.config.target}: commit outcome unknown: {first_line(exc)}"
             ) from exc
