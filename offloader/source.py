@@ -181,10 +181,16 @@ class Source:
         Read in key order with LIMIT 1, so that on a table sorted by its time column the
         next window is found without scanning the rest of the backlog.
         """
-        where, params = self._where(Window(lo, hi, inclusive))
+        return self._time_at(Window(lo, hi, inclusive), 0)
+
+    def _time_at(self, window: Window, offset: int) -> str | None:
+        """The time of the window's row ``offset`` (from 0) in time order, if it has that many."""
+        where, params = self._where(window)
         time_col = quote(self.cursor[0])
         rows = self.engine.rows(
-            f"SELECT toString({time_col}, 'UTC') FROM {self.relation} WHERE {where} ORDER BY {time_col} LIMIT 1", params
+            f"SELECT toString({time_col}, 'UTC') FROM {self.relation} WHERE {where} "
+            f"ORDER BY {time_col} LIMIT 1 OFFSET {int(offset)}",
+            params,
         )
         return str(rows[0][0]) if rows else None
 
@@ -213,14 +219,7 @@ class Source:
         if max_rows is None:
             return end
         bounded = Window(lo, end) if lo is not None else Window(Cursor((first,)), end, inclusive=True)
-        where, params = self._where(bounded)
-        time_col = quote(self.cursor[0])
-        rows = self.engine.rows(
-            f"SELECT toString({time_col}, 'UTC') FROM {self.relation} WHERE {where} "
-            f"ORDER BY {time_col} LIMIT 1 OFFSET {int(max_rows) - 1}",
-            params,
-        )
-        return str(rows[0][0]) if rows else end
+        return self._time_at(bounded, max_rows - 1) or end
 
     def last_at_or_before(self, moment: str) -> Cursor | None:
         """The greatest cursor tuple whose time is at or before ``moment`` (read in key order)."""
