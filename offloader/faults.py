@@ -6,6 +6,9 @@ is most interesting for exactly-once: after the window was read, after its files
 written, after the Iceberg commit, after the state mirror was updated. Unset, a checkpoint
 costs one dictionary lookup.
 
+``OFFLOADER_SLOW_AT=<point>:<seconds>`` makes the process sleep that long each time it reaches
+that point, so that a test can signal a run while windows are certainly still left.
+
 ``OFFLOADER_LOSE_COMMIT_REPLY=before|after`` makes the commit's reply go missing, as when the
 catalog connection dies mid-commit: ``before`` the commit is sent (it never lands), or ``after``
 it landed. Either way the offload must settle the outcome from the snapshot history.
@@ -27,10 +30,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 
 POINTS = ("after_read", "after_write", "after_commit", "after_state")
 ENV = "OFFLOADER_KILL_AT"
+SLOW_ENV = "OFFLOADER_SLOW_AT"
 LOSE_REPLY_ENV = "OFFLOADER_LOSE_COMMIT_REPLY"
 FAULT_ENV = "OFFLOADER_FAULT"
 FAIL_POINTS = ("source_connect", "state_connect", "catalog_connect")
@@ -38,7 +43,10 @@ _seen: Counter[str] = Counter()
 
 
 def checkpoint(point: str) -> None:
-    """SIGKILL this process if the environment asks for a crash at ``point``."""
+    """SIGKILL this process if the environment asks for a crash at ``point`` (or sleep, if for a slow point)."""
+    slow = os.environ.get(SLOW_ENV)
+    if slow and slow.partition(":")[0] == point:
+        time.sleep(float(slow.partition(":")[2] or 1))
     wanted = os.environ.get(ENV)
     if not wanted:
         return

@@ -93,8 +93,8 @@ def test_sigterm_during_once_abandons_the_window_in_flight_and_a_rerun_is_exact(
     ws.tables = [trades_table()]
     ws.source["max_window"] = "1m"
     ws.create_trades()
-    ws.insert_trades(60_000, start="2026-01-01 00:00:00", step_us=100_000)  # 100 windows: never all done before the signal
-    proc = ws.start("once")
+    ws.insert_trades(60_000, start="2026-01-01 00:00:00", step_us=100_000)  # 100 windows
+    proc = ws.start("once", env={"OFFLOADER_SLOW_AT": "after_commit:1"})  # 100 s in all: never done before the signal
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         try:
