@@ -4,7 +4,7 @@
 (optionally ``<point>:<n>`` for the n-th time). The points are the moments at which a crash
 is most interesting for exactly-once: after the window was read, after its files were
 written, after the Iceberg commit, after the state mirror was updated. Unset, a checkpoint
-costs one dictionary lookup.
+costs two dictionary lookups.
 
 ``OFFLOADER_SLOW_AT=<point>:<seconds>`` makes the process sleep that long each time it reaches
 that point, so that a test can signal a run while windows are certainly still left.
@@ -44,9 +44,9 @@ _seen: Counter[str] = Counter()
 
 def checkpoint(point: str) -> None:
     """SIGKILL this process if the environment asks for a crash at ``point`` (or sleep, if for a slow point)."""
-    slow = os.environ.get(SLOW_ENV)
-    if slow and slow.partition(":")[0] == point:
-        time.sleep(float(slow.partition(":")[2] or 1))
+    slow, _, seconds = os.environ.get(SLOW_ENV, "").partition(":")
+    if slow == point:
+        time.sleep(float(seconds or 1))
     wanted = os.environ.get(ENV)
     if not wanted:
         return
