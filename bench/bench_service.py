@@ -5,6 +5,8 @@ and samples the process's RSS and CPU time from /proc for --seconds:
 
 - remote: the source is a ClickHouse HTTP endpoint (tests/chhttp.py, a separate process
   serving chDB over HTTP), so offloader's own process holds no ClickHouse engine;
+- remote_restarted: the same service started again on the offloaded table, so it has
+  nothing to load (the footprint of the code alone, without what the first load left behind);
 - embedded: the source is chDB inside offloader's process.
 
 Usage: python bench/bench_service.py [--seconds 60] [--rows 100000]
@@ -60,13 +62,14 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise SystemExit(f"{url} did not answer")
 
 
-def measure(work: Path, dsn: str, seconds: float) -> dict[str, float]:
+def measure(work: Path, dsn: str, seconds: float, tag: str) -> dict[str, float]:
+    """Idle figures of a service whose tables live under ``tag``: a new tag loads first, a used one has nothing to load."""
     port = free_port()
-    config = work / f"offloader-{port}.toml"
+    config = work / f"offloader-{tag}.toml"
     config.write_text(
         f'[source]\ndsn = "{dsn}"\nsafety_lag = "0s"\nmax_window = "1d"\n'
-        f'[catalog]\nname = "cold"\ntype = "sql"\nuri = "sqlite:///{work}/catalog-{port}.db"\nwarehouse = "file://{work}/wh-{port}"\n'
-        f'[state]\ndsn = "sqlite:///{work}/state-{port}.db"\n[schedule]\ninterval = "5s"\n[server]\nport = {port}\n'
+        f'[catalog]\nname = "cold"\ntype = "sql"\nuri = "sqlite:///{work}/catalog-{tag}.db"\nwarehouse = "file://{work}/wh-{tag}"\n'
+        f'[state]\ndsn = "sqlite:///{work}/state-{tag}.db"\n[schedule]\ninterval = "5s"\n[server]\nport = {port}\n'
         '[logging]\nlevel = "warning"\n'
         '[[tables]]\nname = "bronze_trades"\nsource = "k2.bronze_trades"\ntarget = "cold.bronze_trades"\n'
         'layer = "bronze"\ncursor = ["ingestion_timestamp", "sequence_number"]\npartition_by = ["day(exchange_timestamp)"]\n'
@@ -115,11 +118,13 @@ def main() -> None:
         if not line.startswith("LISTENING"):
             raise SystemExit("the ClickHouse HTTP endpoint did not start")
         port = int(line.split()[1])
-        results["remote"] = measure(work, f"http://default@127.0.0.1:{port}/k2", args.seconds)
+        dsn = f"http://default@127.0.0.1:{port}/k2"
+        results["remote"] = measure(work, dsn, args.seconds, "remote")
+        results["remote_restarted"] = measure(work, dsn, args.seconds, "remote")
     finally:
         endpoint.send_signal(signal.SIGTERM)
         endpoint.wait(timeout=30)
-    results["embedded"] = measure(work, f"chdb://{chdb_dir}", args.seconds)
+    results["embedded"] = measure(work, f"chdb://{chdb_dir}", args.seconds, "embedded")
 
     out = ROOT / "bench" / "results" / "service-idle.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from offloader import scheduler
+from offloader import footprint, scheduler
 from offloader.app import App
 from offloader.config import TableConfig
 from offloader.cursor import format_time
@@ -105,7 +105,7 @@ class Service:
         except Exception:  # the scheduler must outlive any bug in maintenance
             self.log.exception("maintenance_crashed")
         finally:
-            _give_back_memory()
+            footprint.give_back_memory()
             self._idle.set()
 
     def restore_check_gauges(self) -> None:
@@ -158,7 +158,7 @@ class Service:
             self.metrics.cycle_last_duration.set(seconds)
             self.metrics.cycle_started.set(0)
             self.cycles_done += 1
-            _give_back_memory()
+            footprint.give_back_memory()
             self._idle.set()
 
     def _update_lag(self, tables: list[TableConfig]) -> None:
@@ -212,19 +212,3 @@ class Service:
         finished = self._idle.wait(self.config.schedule.shutdown_timeout)
         self.log.info("service_stopped", clean=finished)
         return finished
-
-
-def _give_back_memory() -> None:
-    """Return the memory a cycle's Arrow buffers used to the system, so an idle service stays small."""
-    import gc
-
-    import pyarrow as pa
-
-    gc.collect()
-    pa.default_memory_pool().release_unused()
-    try:  # glibc keeps freed heap in its arenas; hand it back (Linux only, harmless elsewhere)
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass

@@ -349,3 +349,27 @@ def test_check_and_repair_over_http(ws: Workspace, endpoint: Endpoint) -> None:
     assert fixed.returncode == 0 and "trades: repaired" in fixed.stdout, fixed.stdout + fixed.stderr
     assert_exact(ws, source=endpoint.rows, rows=20_001)
     assert endpoint.stop() == 0
+
+
+def test_the_service_over_http_is_exact_and_keeps_pandas_out_of_memory(ws: Workspace, endpoint: Endpoint) -> None:
+    """`offloader run` with a remote source offloads exactly, and never maps pandas (only the embedded engine needs it)."""
+    from helpers import wait_for
+
+    seed(ws, 20_000)
+    ws.schedule.update(interval="1s", shutdown_timeout="30s")
+    ws.server.update(port=free_port())
+    endpoint.start()
+    proc = ws.start("run")
+    try:
+        wait_for(lambda: iceberg_rows(ws, "cold.trades") == 20_000, what="rows offloaded by the service")
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "/pyarrow/" in maps and "/pyiceberg" in maps, "the service has written: its libraries are mapped"
+        assert "/pandas/" not in maps, "a service with a remote source loaded pandas"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert_exact(ws, source=endpoint.rows, rows=20_000)
+    assert endpoint.stop() == 0
