@@ -9,9 +9,10 @@ ClickHouse (chDB) data directory, then measures in one run:
 - `offloader once` end to end (a subprocess: read, convert, write Parquet, verify, commit),
   its rows/s, MB/s and peak RSS;
 - a second `offloader once` that finds nothing new (seconds per table);
+- the same first load from a remote ClickHouse over HTTP (tests/chhttp.py): seconds and peak RSS;
 - the bytes on disk of the Iceberg data files against the Arrow in-memory size of the rows.
 
-Usage: python bench/bench_offload.py [--rows 10000000] [--catalog sqlite|postgres] [--out FILE]
+Usage: python bench/bench_offload.py [--rows 10000000] [--repeat 3] [--catalog sqlite|postgres] [--out FILE]
 Prints a Markdown table and writes JSON (default bench/results/offload-<rows>.json).
 """
 
@@ -21,8 +22,8 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,18 +143,27 @@ def clickhouse_iceberg_insert(path: Path, out: Path) -> float:
 
 
 def run_once(config: Path) -> tuple[float, int, str]:
-    """`offloader once` as a child process: seconds, peak RSS in bytes, stdout."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """`offloader once` as a child process: seconds, its peak RSS in bytes, and its output.
+
+    The peak is the child's own VmHWM, sampled until it exits: the rusage of children would
+    count the parent's memory as well, as the child starts as a copy of it.
+    """
+    log = config.with_suffix(".log")
     started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "offloader", "--config", str(config), "--log-level", "warning", "once"],
-        capture_output=True, text=True, cwd=config.parent,
-    )  # fmt: skip
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "offloader", "--config", str(config), "--log-level", "warning", "once"],
+            stdout=sink, stderr=subprocess.STDOUT, cwd=config.parent,
+        )  # fmt: skip
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, high_water_mark(proc.pid))
+            time.sleep(0.05)
     seconds = time.perf_counter() - started
+    output = log.read_text()
     if proc.returncode != 0:
-        raise SystemExit(f"offloader once failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, max(peak, before) * 1024, proc.stdout
+        raise SystemExit(f"offloader once failed ({proc.returncode}):\n{output[-3000:]}")
+    return seconds, peak, output
 
 
 def main() -> None:
@@ -162,6 +172,7 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=24.0, help="hours of history the rows span")
     parser.add_argument("--catalog", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the three first loads, in turn")
     parser.add_argument("--out")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
@@ -172,9 +183,6 @@ def main() -> None:
     started = time.perf_counter()
     seed(chdb_dir, args.rows, args.hours)
     seed_seconds = time.perf_counter() - started
-
-    export_s, export_bytes, arrow_bytes = native_export(chdb_dir, work / "native.parquet")
-    iceberg_insert_s = clickhouse_iceberg_insert(chdb_dir, work / "native-iceberg")
 
     if args.catalog == "postgres":
         catalog_uri = state_dsn = _reset_pg(args.pg)
@@ -188,7 +196,15 @@ def main() -> None:
         '[[tables]]\nname = "bronze_trades"\nsource = "k2.bronze_trades"\ntarget = "cold.bronze_trades"\n'
         'layer = "bronze"\ncursor = ["ingestion_timestamp", "sequence_number"]\npartition_by = ["day(exchange_timestamp)"]\n'
     )
-    cycle_s = first_cycle_in_process(config, work)
+    # The three first loads in turn, --repeat rounds: on a noisy machine only the ratios within
+    # a round hold, so the figures are the medians and the ratios the medians of each round's.
+    rounds = []
+    for _ in range(args.repeat):
+        export_s, export_bytes, arrow_bytes = native_export(chdb_dir, work / "native.parquet")
+        insert_s = clickhouse_iceberg_insert(chdb_dir, work / "native-iceberg")
+        shutil.rmtree(work / "native-iceberg", ignore_errors=True)
+        rounds.append((export_s, insert_s, first_cycle_in_process(config, work)))
+    export_s, iceberg_insert_s, cycle_s = (statistics.median(r[i] for r in rounds) for i in range(3))
     once_s, peak_rss, stdout = run_once(config)
     idle_process_s, _, idle_out = run_once(config)
     match = re.search(r"nothing new \(([0-9.]+)s\)", idle_out)
@@ -196,6 +212,7 @@ def main() -> None:
     idle_s = float(match.group(1))
     warm_idle_s = warm_idle_cycle(config)
     data_bytes = sum(f.stat().st_size for f in warehouse.rglob("*.parquet"))
+    remote_s, remote_rss = remote_once(config, chdb_dir, work)
     results = {
         "rows": args.rows,
         "catalog": args.catalog,
@@ -211,8 +228,12 @@ def main() -> None:
         "offloader_arrow_mb_per_second": round(arrow_bytes / once_s / 1e6, 1),
         "offloader_peak_rss_mib": round(peak_rss / 2**20, 1),
         "offloader_vs_native": round(export_s / once_s, 3),
-        "offloader_over_native_in_process": round(cycle_s / export_s, 2),
-        "offloader_over_clickhouse_iceberg_in_process": round(cycle_s / iceberg_insert_s, 2),
+        "offloader_over_native_in_process": round(statistics.median(c / e for e, _, c in rounds), 2),
+        "offloader_over_clickhouse_iceberg_in_process": round(statistics.median(c / i for _, i, c in rounds), 2),
+        "rounds": args.repeat,
+        "rounds_seconds_native_insert_offloader": [[round(x, 2) for x in r] for r in rounds],
+        "offloader_remote_once_seconds": round(remote_s, 3),
+        "offloader_remote_peak_rss_mib": round(remote_rss / 2**20, 1),
         "idle_cycle_seconds_per_table": round(idle_s, 3),
         "idle_once_process_seconds": round(idle_process_s, 3),
         "idle_cycle_seconds_per_table_warm": round(warm_idle_s, 4),
@@ -234,6 +255,43 @@ def report(results: dict[str, object], out: Path) -> None:
     print("| figure | value |\n|---|---|")
     for key, value in results.items():
         print(f"| {key} | {value:,} |" if isinstance(value, int | float) else f"| {key} | {value} |")
+
+
+def high_water_mark(pid: int) -> int:
+    """A running process's peak RSS in bytes (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def remote_once(config: Path, chdb_dir: Path, work: Path) -> tuple[float, int]:
+    """The same first load from a remote ClickHouse (tests/chhttp.py serving the chDB directory
+    over HTTP, in a process of its own) into a table of its own: seconds and offloader's peak RSS,
+    which then holds no ClickHouse engine."""
+    endpoint = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "chhttp.py"), "--path", str(chdb_dir), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        line = endpoint.stdout.readline() if endpoint.stdout else ""
+        if not line.startswith("LISTENING"):
+            raise SystemExit("the ClickHouse HTTP endpoint did not start")
+        text = config.read_text().replace(f"chdb://{chdb_dir}", f"http://default@127.0.0.1:{line.split()[1]}/k2")
+        text = text.replace(f"file://{work}/warehouse", f"file://{work}/warehouse-remote")
+        text = text.replace(f"{work}/catalog.db", f"{work}/catalog-remote.db").replace(
+            f"{work}/state.db", f"{work}/state-remote.db"
+        )
+        remote = config.with_name("offloader-remote.toml")
+        remote.write_text(text)
+        seconds, peak, _ = run_once(remote)
+        return seconds, peak
+    finally:
+        endpoint.terminate()
+        endpoint.wait(timeout=30)
 
 
 def first_cycle_in_process(config: Path, work: Path) -> float:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from offloader.config import (
     AWS_VARIABLES,
+    DEFAULT_BATCH_SIZE,
     DEFAULT_DATA_DIR,
     DEFAULT_FILE_SIZE,
     DEFAULT_S3_REGION,
@@ -248,7 +249,7 @@ class _Validator(Checks):
         self.unknown_keys("offload", s, {"target_file_size", "batch_size", "commit_attempts"})
         return OffloadConfig(
             target_file_size=self.size("offload.target_file_size", s.get("target_file_size"), DEFAULT_FILE_SIZE) or 0,
-            batch_bytes=self.size("offload.batch_size", s.get("batch_size"), 32 * 2**20) or 0,
+            batch_bytes=self.size("offload.batch_size", s.get("batch_size"), DEFAULT_BATCH_SIZE) or 0,
             commit_attempts=self.integer("offload.commit_attempts", s.get("commit_attempts"), 5, 1, 100),
         )
 

@@ -79,6 +79,6 @@ def test_sizes_and_durations_reach_the_config_in_bytes_and_seconds(tmp_path: Pat
     config = load_config(
         write(tmp_path, MINIMAL + '[offload]\ntarget_file_size = "64MiB"\n[schedule]\ninterval = "1m30s"\n'), env={}
     )
-    assert config.offload.target_file_size == 64 * 2**20 and config.offload.batch_bytes == 32 * 2**20
+    assert config.offload.target_file_size == 64 * 2**20 and config.offload.batch_bytes == 8 * 2**20
     assert config.schedule.interval == 90
     assert config.maintenance.target_file_size == 128 * 2**20 and config.tables[0].target_file_size is None
