@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -174,6 +175,41 @@ def _cached_transaction_class(base: type) -> type:
     return _CACHED_CLASSES[base]
 
 
+_SNAPSHOT_JSON: OrderedDict[str, dict[int, tuple[Any, str]]] = OrderedDict()  # table uuid -> snapshot id -> JSON
+_SNAPSHOT_JSON_LOCK = threading.Lock()
+
+
+def metadata_json(metadata: Any) -> str:
+    """The table metadata as PyIceberg writes it, each snapshot serialised once in its life.
+
+    A commit writes the whole metadata file, every retained snapshot included (672 for a
+    week of 15-minute commits), and serialising those snapshots was most of what a commit
+    cost beyond the first. A snapshot never changes after it is made, and the metadata of
+    one commit holds the same snapshot objects as the last (:func:`replayed` does not copy
+    them), so the JSON of each is kept per table, by snapshot id and object, and the file is
+    the rest of the metadata plus those pieces. Format v1 (whose snapshots are rewritten on
+    the way out) and PyIceberg's legacy ``-1`` snapshot id take PyIceberg's own path.
+    tests/unit/test_iceberg_internals.py pins the output against ``model_dump_json``.
+    """
+    from pyiceberg.utils.config import Config
+
+    if metadata.format_version == 1 or not metadata.snapshots or Config().get_bool("legacy-current-snapshot-id"):
+        return str(metadata.model_dump_json())
+    key = str(metadata.table_uuid)
+    with _SNAPSHOT_JSON_LOCK:
+        known = _SNAPSHOT_JSON.pop(key, {})
+    pieces: dict[int, tuple[Any, str]] = {}
+    for snapshot in metadata.snapshots:
+        entry = known.get(snapshot.snapshot_id)
+        pieces[snapshot.snapshot_id] = entry if entry and entry[0] is snapshot else (snapshot, snapshot.model_dump_json())
+    with _SNAPSHOT_JSON_LOCK:
+        _SNAPSHOT_JSON[key] = pieces
+        while len(_SNAPSHOT_JSON) > 64:
+            _SNAPSHOT_JSON.popitem(last=False)
+    rest = metadata.model_dump_json(exclude={"snapshots"})
+    return f'{rest[:-1]},"snapshots":[{",".join(json for _, json in pieces.values())}]}}'
+
+
 def lean_sql_catalog(name: str, properties: dict[str, str]) -> Any:
     """PyIceberg's SQL catalog with a commit whose cost does not grow with the table's history.
 
@@ -187,15 +223,16 @@ def lean_sql_catalog(name: str, properties: dict[str, str]) -> Any:
       by location: a metadata file is written once under a fresh name and never changed,
       so the same location always parses to the same metadata;
     - ``_update_and_stage_table`` stages an existing table's metadata with :func:`replayed`
-      (no deep copy), and remembers it under its new location for the next load.
+      (no deep copy), and remembers it under its new location for the next load;
+    - ``_write_metadata`` writes the new metadata file with :func:`metadata_json`, which
+      serialises each snapshot once rather than at every commit.
 
     A new table, and every other step (the conditional UPDATE that detects a concurrent
     commit, the metadata file write), stay PyIceberg's. tests/unit/test_iceberg_internals.py
     pins both overrides against the installed PyIceberg.
     """
-    from collections import OrderedDict
-
     from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.serializers import Compressor
     from pyiceberg.table import StagedTable, Table
     from pyiceberg.table.locations import load_location_provider
 
@@ -203,6 +240,13 @@ def lean_sql_catalog(name: str, properties: dict[str, str]) -> Any:
     lock = threading.Lock()  # tables commit from the service's worker threads
 
     class LeanSqlCatalog(SqlCatalog):
+        @staticmethod
+        def _write_metadata(metadata: Any, io: Any, metadata_path: str) -> None:
+            output = io.new_output(metadata_path)
+            data = metadata_json(metadata).encode()
+            with output.create(overwrite=False) as stream:
+                stream.write(Compressor.get_compressor(output.location).bytes_compressor()(data))
+
         def _remember(self, location: str, metadata: Any) -> None:
             with lock:
                 parsed[location] = metadata

@@ -233,3 +233,29 @@ def test_lean_sql_catalog_commits_what_pyiceberg_commits_and_still_sees_other_wr
     fresh = lean.load_table("n.t")
     assert fresh.metadata_location == plain.load_table("n.t").metadata_location
     assert fresh.scan().to_arrow().num_rows == 7
+
+
+def test_metadata_json_is_what_pyiceberg_writes_and_serialises_a_snapshot_once(tmp_path: Path) -> None:
+    props = {"uri": f"sqlite:///{tmp_path}/c.db", "warehouse": f"file://{tmp_path}"}
+    lean = internals.lean_sql_catalog("t", props)
+    lean.create_namespace("n")
+    table = lean.create_table("n.t", rows(1).schema, properties={"commit.retry.num-retries": "0"})
+    for day in (1, 2, 3, 4):
+        table.append(rows(2, day=day))
+    metadata = table.metadata
+    written = json.loads(Path(table.metadata_location.removeprefix("file://")).read_text())
+    assert written == json.loads(metadata.model_dump_json())  # the file is PyIceberg's own JSON
+    assert len(written["snapshots"]) == 4
+    first = metadata.snapshots[0]
+    pieces = internals._SNAPSHOT_JSON[str(metadata.table_uuid)]
+    kept = pieces[first.snapshot_id][1]
+    table.append(rows(2, day=5))  # the next commit reuses the piece of every earlier snapshot
+    assert table.metadata.snapshots[0] is first
+    assert internals._SNAPSHOT_JSON[str(metadata.table_uuid)][first.snapshot_id][1] is kept
+    older = [s.snapshot_id for s in table.metadata.snapshots[:2]]
+    table.maintenance.expire_snapshots().by_ids(older).commit()
+    after = json.loads(Path(table.metadata_location.removeprefix("file://")).read_text())
+    assert after == json.loads(table.metadata.model_dump_json())
+    assert [s["snapshot-id"] for s in after["snapshots"]] == [s.snapshot_id for s in table.metadata.snapshots]
+    assert set(internals._SNAPSHOT_JSON[str(metadata.table_uuid)]) == {s.snapshot_id for s in table.metadata.snapshots}
+    assert lean.load_table("n.t").scan().to_arrow().num_rows == 10  # expiry drops history, not rows
