@@ -19,7 +19,6 @@ Writes bench/results/dlt-<rows>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_offload import run_once, seed  # noqa: E402
+from bench_offload import http_endpoint, run_once, save, seed  # noqa: E402
 
 PIPELINE = textwrap.dedent(
     """
@@ -92,25 +91,14 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="offloader-bench-dlt-"))
     seed(work / "clickhouse", args.rows, 24)
-    endpoint = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "chhttp.py"), "--path", str(work / "clickhouse"), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
     rounds = []
-    try:
-        line = endpoint.stdout.readline() if endpoint.stdout else ""
-        if not line.startswith("LISTENING"):
-            raise SystemExit("the ClickHouse HTTP endpoint did not start")
-        port = int(line.split()[1])
+    with http_endpoint(work / "clickhouse") as port:
         for n in range(args.repeat):
             dlt_s = run_dlt(args.dlt_python, port, work / "dlt", args.rows)
-            offloader_s, peak, output = run_once(offloader_config(work, port, f"r{n}"))
+            offloader_s, _, output = run_once(offloader_config(work, port, f"r{n}"))
             if f"committed {args.rows:,} rows" not in output:
                 raise SystemExit(f"offloader did not load every row:\n{output[-2000:]}")
             rounds.append((dlt_s, offloader_s))
-    finally:
-        endpoint.terminate()
-        endpoint.wait(timeout=30)
     dlt_s, offloader_s = (statistics.median(r[i] for r in rounds) for i in range(2))
     results = {
         "rows": args.rows,
@@ -121,10 +109,7 @@ def main() -> None:
         "dlt_over_offloader": round(statistics.median(d / o for d, o in rounds), 2),
         "rounds_seconds_dlt_offloader": [[round(x, 2) for x in r] for r in rounds],
     }
-    out = ROOT / "bench" / "results" / f"dlt-{args.rows}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    save(results, f"dlt-{args.rows}.json")
     shutil.rmtree(work, ignore_errors=True)
 
 

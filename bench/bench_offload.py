@@ -19,6 +19,7 @@ Prints a Markdown table and writes JSON (default bench/results/offload-<rows>.js
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,10 +270,10 @@ def high_water_mark(pid: int) -> int:
     return 0
 
 
-def remote_once(config: Path, chdb_dir: Path, work: Path) -> tuple[float, int]:
-    """The same first load from a remote ClickHouse (tests/chhttp.py serving the chDB directory
-    over HTTP, in a process of its own) into a table of its own: seconds and offloader's peak RSS,
-    which then holds no ClickHouse engine."""
+@contextlib.contextmanager
+def http_endpoint(chdb_dir: Path) -> Iterator[int]:
+    """A remote ClickHouse for the bench: tests/chhttp.py serving the chDB directory over HTTP,
+    in a process of its own (so the measured process holds no engine); yields its port."""
     endpoint = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "chhttp.py"), "--path", str(chdb_dir), "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -280,7 +282,25 @@ def remote_once(config: Path, chdb_dir: Path, work: Path) -> tuple[float, int]:
         line = endpoint.stdout.readline() if endpoint.stdout else ""
         if not line.startswith("LISTENING"):
             raise SystemExit("the ClickHouse HTTP endpoint did not start")
-        text = config.read_text().replace(f"chdb://{chdb_dir}", f"http://default@127.0.0.1:{line.split()[1]}/k2")
+        yield int(line.split()[1])
+    finally:
+        endpoint.terminate()
+        endpoint.wait(timeout=30)
+
+
+def save(results: dict[str, object], name: str) -> None:
+    """Write the figures to bench/results/<name> and print them as JSON."""
+    out = ROOT / "bench" / "results" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+def remote_once(config: Path, chdb_dir: Path, work: Path) -> tuple[float, int]:
+    """The same first load from a remote ClickHouse into a table of its own: seconds and
+    offloader's peak RSS, which then holds no ClickHouse engine."""
+    with http_endpoint(chdb_dir) as port:
+        text = config.read_text().replace(f"chdb://{chdb_dir}", f"http://default@127.0.0.1:{port}/k2")
         text = text.replace(f"file://{work}/warehouse", f"file://{work}/warehouse-remote")
         text = text.replace(f"{work}/catalog.db", f"{work}/catalog-remote.db").replace(
             f"{work}/state.db", f"{work}/state-remote.db"
@@ -288,10 +308,7 @@ def remote_once(config: Path, chdb_dir: Path, work: Path) -> tuple[float, int]:
         remote = config.with_name("offloader-remote.toml")
         remote.write_text(text)
         seconds, peak, _ = run_once(remote)
-        return seconds, peak
-    finally:
-        endpoint.terminate()
-        endpoint.wait(timeout=30)
+    return seconds, peak
 
 
 def first_cycle_in_process(config: Path, work: Path) -> float:

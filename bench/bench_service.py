@@ -15,7 +15,6 @@ Usage: python bench/bench_service.py [--seconds 60] [--rows 100000]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -29,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_offload import seed  # noqa: E402
+from bench_offload import http_endpoint, save, seed  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -109,27 +108,13 @@ def main() -> None:
     seed(chdb_dir, args.rows, 1)
     results: dict[str, object] = {"rows": args.rows, "cycle_interval_seconds": 5}
 
-    endpoint = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "chhttp.py"), "--path", str(chdb_dir), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    try:
-        line = endpoint.stdout.readline() if endpoint.stdout else ""
-        if not line.startswith("LISTENING"):
-            raise SystemExit("the ClickHouse HTTP endpoint did not start")
-        port = int(line.split()[1])
+    with http_endpoint(chdb_dir) as port:
         dsn = f"http://default@127.0.0.1:{port}/k2"
         results["remote"] = measure(work, dsn, args.seconds, "remote")
         results["remote_restarted"] = measure(work, dsn, args.seconds, "remote")
-    finally:
-        endpoint.send_signal(signal.SIGTERM)
-        endpoint.wait(timeout=30)
     results["embedded"] = measure(work, f"chdb://{chdb_dir}", args.seconds, "embedded")
 
-    out = ROOT / "bench" / "results" / "service-idle.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    save(results, "service-idle.json")
     shutil.rmtree(work, ignore_errors=True)
 
 
