@@ -78,12 +78,13 @@ class Endpoint:
         raise AssertionError(f"chhttp did not start: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> int:
-        """SIGTERM; the endpoint's exit code."""
+        """SIGTERM; the endpoint's exit code. Its own close waits up to 10 s for streams in
+        flight, then chDB shuts down with the process, slowly on a loaded machine: 60 s."""
         assert self.proc is not None
         self.close_clients()
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=15)
+            return self.proc.wait(timeout=60)
         finally:
             self.proc = None
 
