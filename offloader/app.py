@@ -2,12 +2,15 @@
 
 Only here are the concrete adapters built (ClickHouse engine, Iceberg sink, state store).
 :meth:`App.run_cycle` runs tables in dependency order (bronze, silver, gold); a table whose
-upstream failed this cycle is skipped and says why. :meth:`App.status` gathers what an
-operator asks first: cursor, lag, rows in Iceberg, last run.
+upstream failed this cycle is skipped and says why. :meth:`App.backfill` picks where a
+backfill's slices are written and drives it; :func:`write_backfill_slice` is the task a
+backfill worker runs. :meth:`App.status` gathers what an operator asks first: cursor, lag,
+rows in Iceberg, last run.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -17,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from offloader import clickhouse, consistency, maintenance, reset
+from offloader import backfill, clickhouse, consistency, log, maintenance, reset, workers
 from offloader.config import Config, TableConfig
 from offloader.cursor import Cursor, parse_time
 from offloader.errors import ConfigError, OffloaderError
@@ -186,6 +189,35 @@ class App:
         if pruned:
             self.log.info("history_pruned", runs=pruned)
 
+    def backfill(
+        self, table: TableConfig, *, start: str | None = None, end: str | None = None, processes: int = 1,
+        ray: str | None = None, slice_rows: int = backfill.DEFAULT_SLICE_ROWS, observer: Observer | None = None,
+        stop: threading.Event | None = None,
+    ) -> backfill.BackfillResult:  # fmt: skip
+        """The table's history from its cursor (or ``start``) up to ``end``, written by ``processes`` workers."""
+        problems = []
+        if processes < 1:
+            problems.append(f"--workers must be at least 1 (got {processes})")
+        if slice_rows < 1:
+            problems.append(f"--slice-rows must be at least 1 (got {slice_rows})")
+        if self.config.source.embedded and (processes > 1 or ray):
+            problems.append(
+                f"--workers {processes}{' --ray' if ray else ''} needs a ClickHouse server: the embedded engine "
+                f"({self.config.source.display_dsn}) opens its data directory in one process only; use --workers 1"
+            )
+        if problems:
+            raise ConfigError(problems)
+        pool: Any
+        if ray:
+            pool = workers.RayTasks(ray, processes)
+        elif processes > 1:
+            pool = workers.Processes(processes)
+        else:
+            pool = workers.InProcess()
+        task = None if isinstance(pool, workers.InProcess) else functools.partial(write_backfill_slice, self.config, table.name)
+        job = self.job(table, observer=observer, stop=stop)
+        return backfill.Backfill(job, pool, task, slice_rows=slice_rows).run(start, end)
+
     # -- maintenance and consistency --------------------------------------------------------
 
     def maintain(
@@ -301,3 +333,27 @@ class App:
                 )  # fmt: skip
             )
         return out
+
+
+_worker_windows: dict[tuple[str, str], Any] = {}  # one backfill worker process: its table's open windows
+
+
+def write_backfill_slice(config: Config, table_name: str, run_id: str, piece: backfill.Slice) -> backfill.SliceFiles:
+    """A backfill worker's task (a local worker process or a Ray task): one slice's data files.
+
+    The worker opens the source and the table once per backfill run and keeps them for its
+    next slices; it never touches the state store (the driver records and commits).
+    """
+    from offloader.window import Windows
+
+    key = (table_name, run_id)
+    if key not in _worker_windows:
+        _worker_windows.clear()
+        log.configure(config.logging.level, config.logging.format)
+        engine = clickhouse.connect(config.source)
+        job = TableJob(
+            config.table(table_name), config, lambda: engine, Sink(config.catalog), StateStore(config.state),
+            clickhouse.local_arrow_rows,
+        )  # fmt: skip
+        _worker_windows[key] = Windows(job, run_id, job.log.bind(run_id=run_id, operation="backfill_worker"))
+    return backfill.write_slice(_worker_windows[key], run_id, piece)

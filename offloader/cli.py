@@ -1,6 +1,6 @@
 """The command line: ``offloader [--config PATH] COMMAND``.
 
-Commands: ``once`` (one cycle), ``status``, ``history``, ``run`` (the service), ``maintain``,
+Commands: ``once`` (one cycle), ``backfill`` (a table's history by parallel workers), ``status``, ``history``, ``run`` (the service), ``maintain``,
 ``check``, ``reset``, ``audit``, ``demo seed`` and ``mirror reset``. Every failure ends in a precise one-line message per problem on
 stderr and a non-zero exit: 2 for bad config or usage, 1 for a failed table or a dead
 server (``status`` too, after printing what it could read), 70 for an internal error (its
@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from offloader import __version__, cli_demo, footprint, log
+from offloader import __version__, cli_backfill, cli_demo, footprint, log
 from offloader.config import Config, TableConfig
 from offloader.config_loader import load_config
 from offloader.errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ConfigError, OffloaderError
@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 
     once = sub.add_parser("once", help="run one cycle of every table (or of one table)")
     once.add_argument("--table", help="only this table")
+
+    cli_backfill.add_parser(sub)
 
     status = sub.add_parser("status", help="cursor, lag, rows in Iceberg and last run of every table")
     status.add_argument("--json", action="store_true", help="print JSON")
@@ -144,6 +146,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             if config.origin == "embedded default" and any("does not exist" in r.reason for r in results):
                 print("hint: the embedded source is empty; fill it with `offloader demo seed`", file=sys.stderr)
             return 130 if stop.is_set() else code
+        if args.command == "backfill":
+            return cli_backfill.run(app, args, _Progress(sys.stderr.isatty()), _stop_on_signals())
         if args.command == "status":
             return _status(app, args.json)
         if args.command == "history":

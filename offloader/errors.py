@@ -18,6 +18,7 @@ Every adapter catches its library's errors once and re-raises one of these ``fro
     │   └── MirrorAheadError         the state mirror is ahead of Iceberg: stop the table
     ├── AuthenticationError          a server refused offloader's credentials (never retried)
     ├── LockBusyError                another runner holds this table
+    ├── WorkerError                  a backfill worker failed, or was lost too often (retryable)
     ├── ShutdownRequested            the service is stopping; work abandoned before its commit
     └── InternalError                a bug: an unexpected exception, caught so one table cannot stop others
 """
@@ -118,6 +119,12 @@ class AuthenticationError(OffloaderError):
 
 class LockBusyError(OffloaderError):
     """Another runner holds the lock of this table."""
+
+
+class WorkerError(OffloaderError):
+    """A backfill worker failed on its slice, or its process was lost more often than allowed."""
+
+    retryable = True
 
 
 class ShutdownRequested(OffloaderError):

@@ -7,6 +7,8 @@
   loads PyArrow; PyArrow and clickhouse-connect treat pandas as optional and carry on.
 - **Handed back.** :func:`give_back_memory` returns what a cycle's Arrow buffers and the
   C heap freed to the system, so the idle process stays as small as its code.
+- **Measured.** :func:`peak_rss` is the process's own high-water mark (a backfill worker
+  reports it with each slice).
 """
 
 from __future__ import annotations
@@ -51,3 +53,15 @@ def give_back_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def peak_rss() -> int:
+    """The peak resident set of this process in bytes (VmHWM; 0 where /proc is not there)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

@@ -8,8 +8,9 @@ event and the clock. The composition root (``app``) builds one per operation.
 operation raised into an :class:`Outcome`: the lock held by another runner is ``skipped``,
 a stop request ``stopped``, an :class:`OffloaderError` ``failed`` with its message, and any
 other exception (a bug) ``failed`` as an :class:`InternalError`, logged with its traceback,
-so one table never takes the others down. :func:`finish_action` records an audited
-operation: the audit log entry, the observer call and the log line.
+so one table never takes the others down. :func:`record_run` writes how a run ended into
+the run history; :func:`finish_action` records an audited operation: the audit log entry,
+the observer call and the log line.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import structlog
 
 from offloader.config import Config, TableConfig
 from offloader.errors import InternalError, LockBusyError, OffloaderError, ShutdownRequested
-from offloader.ports import AuditRecord, Engine, Sink, StateStore
-from offloader.results import ActionResult, Observer
+from offloader.ports import AuditRecord, Engine, RunRecord, Sink, StateStore
+from offloader.results import ActionResult, Observer, TableResult
 from offloader.source import Source
 
 
@@ -141,3 +142,19 @@ def finish_action(job: TableJob, result: ActionResult, started: float, log: Any,
         log.error("audit_log_failed", action=result.action, error=str(exc))
     job.observer.action_finished(job.table, result)
     (log.error if result.outcome == "failed" else log.info)(event, **fields)
+
+
+def record_run(job: TableJob, record: RunRecord, result: TableResult, log: Any) -> None:
+    """Write how a run ended into the run history; a failing state store is logged, never raised."""
+    record.finished_at = job.clock()
+    record.duration_seconds = result.duration
+    record.outcome = result.outcome
+    record.rows_written, record.bytes_written, record.files_written = result.rows, result.bytes, result.files
+    record.windows, record.snapshot_id = result.windows, result.snapshot_id
+    if result.error is not None:
+        record.error_class = type(result.error).__name__
+        record.error_message = str(result.error)[:2000]
+    try:
+        job.state.record_run(record)
+    except OffloaderError as exc:  # the state store is what failed: the log line is the record
+        log.error("run_history_failed", error=str(exc))

@@ -25,9 +25,9 @@ from datetime import timedelta
 from typing import Any
 
 from offloader.cursor import Cursor, Window, format_time, parse_time
-from offloader.errors import CommitConflictError, MirrorAheadError, OffloaderError
-from offloader.job import Outcome, TableJob, guarded
-from offloader.ports import Marker, RunRecord
+from offloader.errors import CommitConflictError
+from offloader.job import Outcome, TableJob, guarded, record_run
+from offloader.ports import RunRecord
 from offloader.results import TableResult
 from offloader.window import Windows
 
@@ -58,7 +58,7 @@ class Offload:
         result.duration = self.job.clock() - started
         self._settle(outcome, result, log)
         if not outcome.locked:
-            self._record(record, result, log)
+            record_run(self.job, record, result, log)
         return result
 
     def _settle(self, outcome: Outcome, result: TableResult, log: Any) -> None:
@@ -76,20 +76,6 @@ class Offload:
             log.info("table_stopped", reason=result.reason, windows=result.windows, rows=result.rows)
         elif outcome.error is not None and outcome.error.kind != "internal_error":  # a bug was logged with its traceback
             log.error("table_failed", error_type=outcome.error.kind, error=result.reason, retryable=outcome.error.retryable)
-
-    def _record(self, record: RunRecord, result: TableResult, log: Any) -> None:
-        record.finished_at = self.job.clock()
-        record.duration_seconds = result.duration
-        record.outcome = result.outcome
-        record.rows_written, record.bytes_written, record.files_written = result.rows, result.bytes, result.files
-        record.windows, record.snapshot_id = result.windows, result.snapshot_id
-        if result.error is not None:
-            record.error_class = type(result.error).__name__
-            record.error_message = str(result.error)[:2000]
-        try:
-            self.job.state.record_run(record)
-        except OffloaderError as exc:  # the state store is what failed: the log line is the record
-            log.error("run_history_failed", error=str(exc))
 
     def _run_locked(self, result: TableResult, record: RunRecord, log: Any) -> None:
         windows = Windows(self.job, result.run_id, log)
@@ -110,41 +96,8 @@ class Offload:
         finally:
             result.mismatches = windows.mismatches
 
-    def _reconcile(self, marker: Marker | None, log: Any) -> Cursor | None:
-        """The Iceberg marker is the truth: repair a mirror behind it, stop on one ahead of it."""
-        table = self.job.table
-        mirror = self.job.state.mirror(table.name)
-        truth = Cursor.from_json(marker.cursor) if marker else None
-        claimed = Cursor.from_json(mirror.cursor) if mirror and mirror.cursor else None
-        try:
-            ahead = claimed is not None and (truth is None or claimed.sort_key() > truth.sort_key())
-        except TypeError:  # a hand-edited mirror whose values are not of the cursor's types
-            raise MirrorAheadError(
-                f"the state mirror of {table.name} holds cursor {claimed.to_json() if claimed else None}, which cannot be "
-                f"compared with Iceberg's {truth.to_json() if truth else None}; refusing to run. "
-                f"Run `offloader mirror reset --table {table.name}` to rebuild it from Iceberg"
-            ) from None
-        if ahead and claimed is not None:
-            raise MirrorAheadError(
-                f"the state mirror of {table.name} claims cursor {claimed.to_json()} but Iceberg "
-                f"{table.target} holds {truth.to_json() if truth else 'nothing'}; refusing to run, "
-                "because trusting the mirror would lose rows. If the Iceberg table was recreated on purpose, "
-                f"run `offloader mirror reset --table {table.name}`"
-            )
-        if (
-            marker is not None
-            and truth is not None
-            and (
-                claimed is None or claimed.sort_key() < truth.sort_key() or (mirror and mirror.snapshot_id != marker.snapshot_id)
-            )
-        ):
-            self.job.state.set_mirror(table.name, table.target, marker.cursor, marker.snapshot_id, marker.run_id)
-            if claimed is None or claimed.sort_key() != truth.sort_key():
-                log.warning("mirror_repaired", mirror=claimed.to_json() if claimed else None, iceberg=marker.cursor)
-        return truth
-
     def _offload(self, windows: Windows, result: TableResult, record: RunRecord, log: Any) -> None:
-        cursor = self._reconcile(windows.table.marker(), log)
+        cursor = windows.committed_cursor(log)
         windows.table.prune_metadata(log)
         source = windows.source
         now = source.server_now()

@@ -8,14 +8,16 @@ of the marker in a snapshot summary, and one :class:`typing.Protocol` per adapte
 - :class:`Sink`, :class:`SinkTable` and :class:`WindowWrite`: the Iceberg catalog, one
   destination table, and the open write of one window (``iceberg``);
 - :class:`StateStore`: the watermark mirror, run history, audit log and runner locks
-  (``state``).
+  (``state``);
+- :class:`Workers`: where a backfill's slices are written (``workers``: this process, local
+  processes, or Ray).
 
 The composition root (``app``) builds the concrete adapters and hands them over as these.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -152,6 +154,8 @@ class StateStore(Protocol):
 class WindowWrite(Protocol):
     """The open write of one window: data files written, not yet committed."""
 
+    schema_changes: int  # schema updates staged in it (the source gained or changed columns)
+
     @property
     def owner(self) -> SinkTable: ...
     @property
@@ -160,6 +164,7 @@ class WindowWrite(Protocol):
     def arrow_schema(self) -> pa.Schema: ...
 
     def write(self, table: pa.Table, *, source_rows: bool = True) -> None: ...
+    def adopt(self, files: WrittenFiles) -> None: ...
     def flush(self, *, source_rows: bool = True) -> None: ...
     def replaced_files(self, column: str, lo_micros: int, hi_micros: int) -> list[tuple[Any, pa.Table]]: ...
     def commit(self, marker: Mapping[str, str], replace: Iterable[tuple[Any, pa.Table]] = ()) -> int: ...
@@ -207,3 +212,13 @@ class Sink(Protocol):
     def plan_columns(self, columns: list[tuple[str, str]], options: TypeOptions) -> list[ColumnPlan]: ...
     def open(self, table: TableConfig, plans: list[ColumnPlan], file_size: int | None = None) -> SinkTable: ...
     def load(self, table: TableConfig, *, writable: bool = True) -> SinkTable | None: ...
+
+
+class Workers(Protocol):
+    """A pool that runs a backfill's slice tasks; a lost worker's task is taken again."""
+
+    size: int
+
+    def submit(self, key: int, task: Callable[..., Any], *args: Any) -> None: ...
+    def next_done(self, timeout: float) -> list[tuple[int, Any]]: ...
+    def close(self) -> None: ...

@@ -30,7 +30,7 @@ from offloader import __version__
 from offloader.chtypes import TypeOptions
 from offloader.convert import convert_batch
 from offloader.cursor import Cursor, Window, micros
-from offloader.errors import CatalogError, CommitConflictError, CommitUnknownError, WindowMismatchError
+from offloader.errors import CatalogError, CommitConflictError, CommitUnknownError, MirrorAheadError, WindowMismatchError
 from offloader.faults import checkpoint, reply_lost
 from offloader.job import TableJob
 from offloader.ports import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, WindowWrite
@@ -68,6 +68,40 @@ class Windows:
             "offloader.version": __version__,
             **extra,
         }
+
+    def committed_cursor(self, log: Any) -> Cursor | None:
+        """The cursor of the Iceberg marker, the truth: a mirror behind it is repaired, one ahead of it stops the run."""
+        marker = self.table.marker()
+        table = self.job.table
+        mirror = self.job.state.mirror(table.name)
+        truth = Cursor.from_json(marker.cursor) if marker else None
+        claimed = Cursor.from_json(mirror.cursor) if mirror and mirror.cursor else None
+        try:
+            ahead = claimed is not None and (truth is None or claimed.sort_key() > truth.sort_key())
+        except TypeError:  # a hand-edited mirror whose values are not of the cursor's types
+            raise MirrorAheadError(
+                f"the state mirror of {table.name} holds cursor {claimed.to_json() if claimed else None}, which cannot be "
+                f"compared with Iceberg's {truth.to_json() if truth else None}; refusing to run. "
+                f"Run `offloader mirror reset --table {table.name}` to rebuild it from Iceberg"
+            ) from None
+        if ahead and claimed is not None:
+            raise MirrorAheadError(
+                f"the state mirror of {table.name} claims cursor {claimed.to_json()} but Iceberg "
+                f"{table.target} holds {truth.to_json() if truth else 'nothing'}; refusing to run, "
+                "because trusting the mirror would lose rows. If the Iceberg table was recreated on purpose, "
+                f"run `offloader mirror reset --table {table.name}`"
+            )
+        if (
+            marker is not None
+            and truth is not None
+            and (
+                claimed is None or claimed.sort_key() < truth.sort_key() or (mirror and mirror.snapshot_id != marker.snapshot_id)
+            )
+        ):
+            self.job.state.set_mirror(table.name, table.target, marker.cursor, marker.snapshot_id, marker.run_id)
+            if claimed is None or claimed.sort_key() != truth.sort_key():
+                log.warning("mirror_repaired", mirror=claimed.to_json() if claimed else None, iceberg=marker.cursor)
+        return truth
 
     # -- the steps -----------------------------------------------------------------------
 

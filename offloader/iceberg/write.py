@@ -232,6 +232,11 @@ class WindowWrite:
         except Exception as exc:
             raise self.owner._failure(exc, f"writing data files for {self.owner.config.target} failed") from exc
 
+    def adopt(self, files: WrittenFiles) -> None:
+        """Take data files another process wrote for this table (a backfill worker) into this commit."""
+        for data_file in files.files:
+            self._add(data_file, True)
+
     def flush(self, *, source_rows: bool = True) -> None:
         """Close every open file of the source rows (or of the carried rows)."""
         files = self._files if source_rows else self._carried

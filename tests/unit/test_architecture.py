@@ -47,9 +47,10 @@ ADAPTERS = {
     "fsspec": {"iceberg"},
     "s3fs": {"iceberg"},
     "boto3": {"iceberg"},
+    "ray": {"workers"},
 }
 
-OPERATIONS = {"job", "window", "offload", "maintenance", "consistency", "reset"}
+OPERATIONS = {"job", "window", "offload", "maintenance", "consistency", "reset", "backfill"}
 CONCRETE_ADAPTERS = {"iceberg", "clickhouse", "state", "metrics", "service", "server", "app", "cli"}
 MAX_LINES = 420
 
