@@ -107,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.configure(
             args.log_level or config.logging.level, config.logging.format, sys.stdout if service else sys.stderr, args.debug
         )
+        log.bind_process(replica=config.replica.id)
         return _dispatch(args, config)
     except ConfigError as exc:
         print(f"offloader: {exc}", file=sys.stderr)
