@@ -237,6 +237,10 @@ class App:
 
     # -- status ------------------------------------------------------------------------------
 
+    def owners(self) -> dict[str, str | None]:
+        """The live replica that owns each table (None for all when no replica runs)."""
+        return replicas.assign([t.name for t in self.config.tables], [r.replica_id for r in self.live_replicas()])
+
     def live_replicas(self) -> list[ReplicaRecord]:
         """The `offloader run` replicas whose heartbeat is within ``[replica] lease``."""
         return replicas.live_of(self.state.replicas(), time.time(), self.config.replica.lease)
@@ -245,7 +249,7 @@ class App:
         """Cursor (from the Iceberg marker), lag behind the source, rows in Iceberg, last run."""
         mirrors = self.state.mirrors()
         runs = self.state.last_runs() if with_history else {}
-        owners = replicas.assign([t.name for t in self.config.tables], [r.replica_id for r in self.live_replicas()])
+        owners = self.owners()
         out = []
         for table in tables if tables is not None else self.config.ordered_tables():
             problems, unreadable = [], []
