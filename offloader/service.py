@@ -56,6 +56,7 @@ class Service:
         self._idle.set()
         self.scheduler = scheduler.background()
         self.replica = replicas.Membership(app.state, self.config.replica)
+        self._cycle_seconds, self._lease_warned = float("inf"), False
         self.metrics.set_replica(self.replica.id, self.replica.host)
 
     # -- jobs ------------------------------------------------------------------------------
@@ -92,14 +93,19 @@ class Service:
         self.last_tick = self.monotonic()
 
     def _join(self) -> None:
-        """Register this replica before the first cycle; warn when a dead replica's tables would wait past one cycle."""
-        settings, schedule = self.config.replica, self.config.schedule
+        """Register this replica before the first cycle."""
+        schedule = self.config.schedule
         self._replica_beat()
-        self.log.info("replica_joined", host=self.replica.host, pid=self.replica.pid, lease=settings.lease)
-        cycle = scheduler.period(None if schedule.interval else schedule.cron, schedule.interval)
-        if settings.lease >= cycle:
+        self.log.info("replica_joined", host=self.replica.host, pid=self.replica.pid, lease=self.config.replica.lease)
+        self._cycle_seconds = scheduler.period(None if schedule.interval else schedule.cron, schedule.interval)
+
+    def _check_lease(self, live: list[str]) -> None:
+        """Warn once, when another replica is live, if a dead replica's tables would wait past one cycle."""
+        lease = self.config.replica.lease
+        if len(live) > 1 and not self._lease_warned and lease >= self._cycle_seconds:
+            self._lease_warned = True
             self.log.warning(
-                "replica_lease_long", lease=settings.lease, cycle_seconds=cycle,
+                "replica_lease_long", lease=lease, cycle_seconds=self._cycle_seconds, replicas=live,
                 hint="a dead replica's tables wait more than one cycle: set replica.lease below the cycle interval",
             )  # fmt: skip
 
@@ -167,6 +173,7 @@ class Service:
         try:
             share = self.replica.share(tables)
             self.metrics.set_share(tables, {t.name for t in share.mine}, len(share.live))
+            self._check_lease(share.live)
             self.log.info("cycle_started", tables=len(tables), owned=[t.name for t in share.mine], replicas=share.live)
             results = self.app.run_cycle(share.mine, observer=self.metrics, stop=self.stop, elsewhere=share.elsewhere)
             by_name = {t.name: t for t in tables}

@@ -4,7 +4,8 @@ Membership and the lease on both state backends (PostgreSQL, SQLite) with a cloc
 moves; the lock probe; the run history of an older database gaining its ``replica`` column;
 a dependent table waiting for an upstream another runner holds instead of being skipped; and
 the replica's identity in the run history, ``status``, ``history``, the logs and the metrics
-of a real daemon. The three-replica SIGKILL test is in tests/test_replicas_chaos.py.
+of a real daemon. The three-replica SIGKILL test is in tests/test_http_source.py (the
+replicas reach the source over the HTTP endpoint).
 """
 
 from __future__ import annotations
