@@ -13,21 +13,21 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from offloader import backfill, clickhouse, consistency, log, maintenance, reset, workers
+from offloader import backfill, clickhouse, consistency, log, maintenance, replicas, reset, workers
 from offloader.config import Config, TableConfig
 from offloader.cursor import Cursor, parse_time
 from offloader.errors import ConfigError, OffloaderError
 from offloader.iceberg import Sink
 from offloader.job import TableJob
 from offloader.offload import Offload
-from offloader.ports import Engine
+from offloader.ports import Engine, ReplicaRecord
 from offloader.results import MAINTENANCE_ACTIONS, ActionResult, Observer, TableResult
 from offloader.source import Source
 from offloader.state import StateStore
@@ -48,6 +48,7 @@ class TableStatus:
     ttl_headroom_seconds: float | None = None
     ttl_risk: bool = False
     unreadable: list[str] = field(default_factory=list)  # the parts that could not be read: catalog, source
+    owner: str | None = None  # the live replica that owns the table (replicas.py); None with no replica live
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -136,12 +137,15 @@ class App:
         observer: Observer | None = None,
         stop: threading.Event | None = None,
         max_parallel: int | None = None,
+        elsewhere: Mapping[str, str] | None = None,
     ) -> list[TableResult]:
         """One cycle over ``tables`` (default: all) in dependency order.
 
         Tables whose upstreams are done run in parallel, up to ``max_parallel``. A table
         runs only when every upstream in this cycle completed (committed or found nothing
         new); otherwise it is skipped and says why. A failed table never stops its siblings.
+        A table whose upstream another replica owns (``elsewhere``: table -> replica) first
+        waits while that upstream is being offloaded (``replicas.wait_for_upstreams``).
         """
         from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
@@ -156,7 +160,7 @@ class App:
             while waiting or running:
                 for table in list(waiting):
                     upstream = [d for d in table.depends_on if d in names]
-                    blocked = [d for d in upstream if d in results and not results[d].ok]
+                    blocked = [d for d in upstream if d in results and not results[d].ok and not results[d].held_elsewhere]
                     if blocked:
                         reason = f"upstream {', '.join(blocked)} did not complete this cycle"
                         results[table.name] = TableResult(table.name, "", "skipped", reason=reason)
@@ -166,7 +170,9 @@ class App:
                         results[table.name] = TableResult(table.name, "", "skipped", reason="the service is stopping")
                         waiting.remove(table)
                     elif all(d in results for d in upstream) and len(running) < parallel:
-                        running[pool.submit(self.run_table, table, observer, stop)] = table
+                        held = {d: "another runner" for d in upstream if results[d].held_elsewhere}  # wait for it
+                        waits = {**(elsewhere or {}), **held}
+                        running[pool.submit(self._run_after_upstreams, table, waits, observer, stop)] = table
                         waiting.remove(table)
                 if not running:
                     continue
@@ -176,6 +182,13 @@ class App:
                     results[table.name] = future.result()
         self._prune_history()
         return [results[t.name] for t in chosen if t.name in results]
+
+    def _run_after_upstreams(
+        self, table: TableConfig, elsewhere: Mapping[str, str], observer: Observer | None, stop: threading.Event
+    ) -> TableResult:
+        wait = self.config.replica.upstream_wait
+        replicas.wait_for_upstreams(self.state, table, elsewhere, wait, stop, self.log)
+        return self.run_table(table, observer, stop)
 
     def _prune_history(self) -> None:
         """Drop run history older than ``state.history_retention``."""
@@ -256,10 +269,19 @@ class App:
 
     # -- status ------------------------------------------------------------------------------
 
+    def owners(self) -> dict[str, str | None]:
+        """The live replica that owns each table (None for all when no replica runs)."""
+        return replicas.assign([t.name for t in self.config.tables], [r.replica_id for r in self.live_replicas()])
+
+    def live_replicas(self) -> list[ReplicaRecord]:
+        """The `offloader run` replicas whose heartbeat is within ``[replica] lease``."""
+        return replicas.live_of(self.state.replicas(), time.time(), self.config.replica.lease)
+
     def status(self, tables: Iterable[TableConfig] | None = None, *, with_history: bool = True) -> list[TableStatus]:
         """Cursor (from the Iceberg marker), lag behind the source, rows in Iceberg, last run."""
         mirrors = self.state.mirrors()
         runs = self.state.last_runs() if with_history else {}
+        owners = self.owners()
         out = []
         for table in tables if tables is not None else self.config.ordered_tables():
             problems, unreadable = [], []
@@ -325,11 +347,13 @@ class App:
                         "started_at": datetime.fromtimestamp(run.started_at, UTC).isoformat(timespec="seconds"),
                         "duration_seconds": run.duration_seconds,
                         "error": run.error_message,
+                        "replica": run.replica,
                     },
                     problem="; ".join(problems) or None,
                     ttl_headroom_seconds=headroom,
                     ttl_risk=risk,
                     unreadable=unreadable,
+                    owner=owners.get(table.name),
                 )  # fmt: skip
             )
         return out

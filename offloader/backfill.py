@@ -126,7 +126,7 @@ class Backfill:
         log = self.job.log.bind(run_id=run_id, operation="backfill")
         result = BackfillResult(self.job.table.name, run_id, "failed", workers=self.workers.size)
         started = self.job.clock()
-        record = RunRecord(run_id=run_id, table_name=self.job.table.name, started_at=started)
+        record = RunRecord(run_id=run_id, table_name=self.job.table.name, started_at=started, replica=self.job.config.replica.id)
 
         def body() -> None:
             self.job.state.record_run(record)

@@ -109,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.configure(
             args.log_level or config.logging.level, config.logging.format, sys.stdout if service else sys.stderr, args.debug
         )
+        log.bind_process(replica=config.replica.id)
         return _dispatch(args, config)
     except ConfigError as exc:
         print(f"offloader: {exc}", file=sys.stderr)
@@ -228,7 +229,7 @@ def _status(app: Any, as_json: bool) -> int:
     rows = []
     for s in statuses:
         run = s.last_run
-        last = f"{run['outcome']} {run['started_at']}" if run else "never"
+        last = f"{run['outcome']} {run['started_at']}{' by ' + run['replica'] if run['replica'] else ''}" if run else "never"
         cursor = " / ".join(str(v) for v in s.cursor) if s.cursor else "-"
         headroom = (
             "-"
@@ -246,10 +247,22 @@ def _status(app: Any, as_json: bool) -> int:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    _print_replicas(app)
     for s in statuses:
         if s.problem:
             print(f"{s.table}: {s.problem}", file=sys.stderr)
     return code
+
+
+def _print_replicas(app: Any) -> None:
+    """The live `offloader run` replicas, and the tables each owns."""
+    live, owned = app.live_replicas(), app.owners()
+    print(f"live replicas: {len(live) or 'none'}")
+    for r in live:
+        tables = ", ".join(t for t, who in owned.items() if who == r.replica_id) or "-"
+        print(
+            f"  {r.replica_id}  host={r.host} pid={r.pid} version={r.version} heartbeat {time.time() - r.heartbeat_at:.0f}s ago  owns: {tables}"
+        )
 
 
 def _history(app: Any, table: str | None, limit: int) -> int:
@@ -261,7 +274,7 @@ def _history(app: Any, table: str | None, limit: int) -> int:
         duration = f"{run.duration_seconds:.2f}s" if run.duration_seconds is not None else "-"
         print(
             f"{started}Z  {run.table_name}  {run.outcome}  rows={run.rows_written:,} files={run.files_written} "
-            f"windows={run.windows} {duration}  run={run.run_id}{error}"
+            f"windows={run.windows} {duration}  run={run.run_id} replica={run.replica or '-'}{error}"
         )
     return EXIT_OK
 

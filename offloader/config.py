@@ -248,6 +248,24 @@ class LoggingConfig:
     format: str = "auto"
 
 
+def default_replica_id() -> str:
+    """``<hostname>-<pid>``: the identity of a process whose ``[replica] id`` is not set."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """``[replica]``: this process's identity and its lease among the `offloader run` replicas (replicas.py)."""
+
+    id: str = field(default_factory=default_replica_id)
+    heartbeat: float = 5.0
+    lease: float = 30.0
+    upstream_wait: float = 300.0  # how long a dependent waits for an upstream another replica is offloading
+
+
 @dataclass(frozen=True)
 class Config:
     source: SourceConfig
@@ -259,6 +277,7 @@ class Config:
     maintenance: MaintenanceConfig = MaintenanceConfig()
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
+    replica: ReplicaConfig = field(default_factory=ReplicaConfig)
     data_dir: Path | None = None
     origin: str = "embedded default"
 

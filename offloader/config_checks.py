@@ -189,6 +189,15 @@ class Checks:
             return None
         return str(value)
 
+    def replica_id(self, key: str, value: Any) -> str | None:
+        """A replica id: printable, no surrounding space, 1 to 128 characters (it is a label value and a log field)."""
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value or len(value) > 128 or not value.isprintable() or value != value.strip():
+            self.problem(key, value, "expected 1 to 128 printable characters without surrounding space, e.g. a pod name")
+            return None
+        return value
+
     def names(self, key: str, value: Any, required: bool = False, pattern: re.Pattern[str] = IDENTIFIER) -> tuple[str, ...]:
         if value is None:
             value = []

@@ -33,6 +33,7 @@ from offloader.config import (
     LoggingConfig,
     MaintenanceConfig,
     OffloadConfig,
+    ReplicaConfig,
     ScheduleConfig,
     Secret,
     ServerConfig,
@@ -83,6 +84,7 @@ class _Validator(Checks):
 
     def build(self) -> Config:
         known = {"source", "catalog", "state", "tables", "offload", "schedule", "maintenance", "server", "logging", "data_dir"}
+        known.add("replica")
         for key in self.raw:
             if key not in known:
                 self.problem(key, self.raw[key], f"unknown section; accepted: {', '.join(sorted(known))}")
@@ -94,6 +96,7 @@ class _Validator(Checks):
         maintenance = self.maintenance(self.section("maintenance", required=False))
         server = self.server(self.section("server", required=False))
         logging = self.logging(self.section("logging", required=False))
+        replica = self.replica(self.section("replica", required=False))
         tables = self.tables(self.raw.get("tables"), offload)
         if self.problems:
             raise ConfigError(self.problems)
@@ -108,26 +111,16 @@ class _Validator(Checks):
             maintenance=maintenance,
             server=server,
             logging=logging,
+            replica=replica,
             data_dir=Path(data_dir) if data_dir else None,
             origin=self.origin,
         )
 
     def source(self, s: dict[str, Any]) -> SourceConfig | None:
-        self.unknown_keys(
-            "source",
-            s,
-            {
-                "dsn",
-                "safety_lag",
-                "max_window",
-                "max_window_rows",
-                "user",
-                "password",
-                "password_file",
-                "query_timeout",
-                "settings",
-            },
-        )
+        allowed = {
+            "dsn", "safety_lag", "max_window", "max_window_rows", "user", "password", "password_file", "query_timeout", "settings",
+        }  # fmt: skip
+        self.unknown_keys("source", s, allowed)
         dsn = s.get("dsn")
         if not isinstance(dsn, str) or not re.match(r"^(chdb://|https?://)", dsn or ""):
             self.problem("source.dsn", dsn, 'expected "http(s)://user@host:8123/database" or "chdb:///path/to/dir"')
@@ -315,6 +308,16 @@ class _Validator(Checks):
             level=self.choice("logging.level", s.get("level"), "info", ("debug", "info", "warning", "error")),
             format=self.choice("logging.format", s.get("format"), "auto", ("auto", "json", "console")),
         )
+
+    def replica(self, s: dict[str, Any]) -> ReplicaConfig:
+        self.unknown_keys("replica", s, {"id", "heartbeat", "lease", "upstream_wait"})
+        heartbeat = self.duration("replica.heartbeat", s.get("heartbeat"), 5.0, 0.1)
+        lease = self.duration("replica.lease", s.get("lease"), 30.0, 0.1)
+        if lease <= 2 * heartbeat:
+            self.problem("replica.lease", s.get("lease", "30s"), f"must be more than twice replica.heartbeat ({heartbeat:g}s)")
+        wait = self.duration("replica.upstream_wait", s.get("upstream_wait"), 300.0)
+        rid = self.replica_id("replica.id", s.get("id"))
+        return ReplicaConfig(heartbeat=heartbeat, lease=lease, upstream_wait=wait, **({"id": rid} if rid else {}))
 
     def tables(self, raw: Any, offload: OffloadConfig) -> list[TableConfig]:
         if not isinstance(raw, list) or not raw:

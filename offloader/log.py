@@ -3,7 +3,8 @@
 The service (``run``, ``demo run``) logs to stdout, as containers expect; the one-shot
 commands log to stderr, so that their output on stdout (``status --json``) stays clean. Event
 names are stable (``offload_committed``, ``window_verified``, ``table_failed``) and every
-line of a table run carries ``table`` and ``run_id``.
+line of a table run carries ``table`` and ``run_id``, and every line of the process its
+``replica`` id (:func:`bind_process`).
 
 A logged exception carries its traceback (in JSON, an ``exception`` list of frames) but never
 the frames' local variables, where passwords and secret keys live (a connection URL, a
@@ -20,6 +21,18 @@ import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _json_lines: bool | None = None  # how the process logs, once configured
+_process_fields: dict[str, Any] = {}  # bound in every line of the process, every thread (bind_process)
+
+
+def bind_process(**fields: Any) -> None:
+    """Fields every log line of this process carries from now on, in every thread (the replica id)."""
+    _process_fields.update(fields)
+
+
+def _add_process_fields(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key, value in _process_fields.items():
+        event.setdefault(key, value)
+    return event
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None, debug: bool = False) -> None:
@@ -29,6 +42,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     json_lines = fmt == "json" or (fmt == "auto" and not stream.isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _add_process_fields,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

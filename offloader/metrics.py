@@ -115,6 +115,18 @@ class Metrics(Observer):
         )  # fmt: skip
         self.build_info = Gauge("offloader_build_info", "offloader's version.", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
+        # replicas (replicas.py): who this process is, whom it saw live, what it owns
+        self.replica_info = Gauge("offloader_replica_info", "This process's replica id.", ["replica", "host"], registry=r)
+        self.replicas_live = Gauge("offloader_replicas_live", "Live replicas seen at the last cycle.", registry=r)
+        self.table_owned = Gauge(
+            "offloader_table_owned", "1 when this replica owned the table at its last cycle, else 0.", ["table"], registry=r
+        )
+        self.held_elsewhere_runs = Counter(
+            "offloader_table_held_elsewhere",
+            "Runs left alone because another runner held the table's lock.",
+            ["table"],
+            registry=r,
+        )
 
     def exposition(self) -> tuple[str, bytes]:
         """The content type and body of ``/metrics``: every metric in the text format."""
@@ -127,6 +139,7 @@ class Metrics(Observer):
             for metric in (self.bytes, self.files, self.mismatches, self.conflicts):
                 metric.labels(table=table.name)
             self.consecutive_failures.labels(table=table.name).set(0)
+            self.held_elsewhere_runs.labels(table=table.name)
             for action in AUDITED_ACTIONS:
                 for outcome in ("ok", "failed", "skipped"):
                     self.maintenance_actions.labels(table=table.name, action=action, outcome=outcome)
@@ -144,6 +157,22 @@ class Metrics(Observer):
 
     def mismatch(self, table: TableConfig) -> None:
         self.mismatches.labels(table=table.name).inc()
+
+    def held_elsewhere(self, table: TableConfig) -> None:
+        self.held_elsewhere_runs.labels(table=table.name).inc()
+
+    # -- replicas ----------------------------------------------------------------------------
+
+    def set_replica(self, replica: str, host: str) -> None:
+        self.replica_info.labels(replica=replica, host=host).set(1)
+
+    def set_share(self, tables: list[TableConfig], mine: set[str], live: int) -> None:
+        """What this replica owned at its last cycle; a table it does not own has no failures of its own."""
+        self.replicas_live.set(live)
+        for table in tables:
+            self.table_owned.labels(table=table.name).set(int(table.name in mine))
+            if table.name not in mine:
+                self.consecutive_failures.labels(table=table.name).set(0)
 
     # -- runs and cycles ---------------------------------------------------------------------
 

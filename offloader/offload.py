@@ -24,6 +24,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from offloader import replicas
 from offloader.cursor import Cursor, Window, format_time, parse_time
 from offloader.errors import CommitConflictError
 from offloader.job import Outcome, TableJob, guarded, record_run
@@ -47,7 +48,7 @@ class Offload:
         log = self.job.log.bind(run_id=run_id)
         result = TableResult(self.job.table.name, run_id, "failed")
         started = self.job.clock()
-        record = RunRecord(run_id=run_id, table_name=self.job.table.name, started_at=started)
+        record = RunRecord(run_id=run_id, table_name=self.job.table.name, started_at=started, replica=self.job.config.replica.id)
 
         def body() -> None:
             self.job.state.record_run(record)
@@ -70,8 +71,10 @@ class Offload:
             )  # fmt: skip
             return
         result.outcome, result.error, result.reason = outcome.outcome, outcome.error, outcome.detail
-        if outcome.locked:
-            log.warning("table_locked", reason=result.reason)
+        if outcome.locked:  # another replica (or a one-shot command) runs it: by design, not a problem
+            self.job.observer.held_elsewhere(self.job.table)
+            holder = replicas.holder(self.job.state, self.job.table.name, self.job.config.replica.id)
+            log.info("table_held_elsewhere", reason=result.reason, holder=holder)
         elif outcome.outcome == "stopped":
             log.info("table_stopped", reason=result.reason, windows=result.windows, rows=result.rows)
         elif outcome.error is not None and outcome.error.kind != "internal_error":  # a bug was logged with its traceback

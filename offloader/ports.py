@@ -7,8 +7,8 @@ of the marker in a snapshot summary, and one :class:`typing.Protocol` per adapte
 - :class:`Engine`: a ClickHouse connection (``clickhouse``: chDB or HTTP);
 - :class:`Sink`, :class:`SinkTable` and :class:`WindowWrite`: the Iceberg catalog, one
   destination table, and the open write of one window (``iceberg``);
-- :class:`StateStore`: the watermark mirror, run history, audit log and runner locks
-  (``state``);
+- :class:`StateStore`: the watermark mirror, run history, audit log, runner locks and the
+  replica table (``state``);
 - :class:`Workers`: where a backfill's slices are written (``workers``: this process, local
   processes, or Ray).
 
@@ -103,6 +103,19 @@ class RunRecord:
     outcome: str = "running"
     error_class: str | None = None
     error_message: str | None = None
+    replica: str | None = None  # the ``[replica] id`` of the process that ran it
+
+
+@dataclass(frozen=True)
+class ReplicaRecord:
+    """One `offloader run` process, as written to ``offloader_replicas``."""
+
+    replica_id: str
+    host: str
+    pid: int
+    version: str
+    started_at: float
+    heartbeat_at: float
 
 
 @dataclass
@@ -134,7 +147,7 @@ class Engine(Protocol):
 
 
 class StateStore(Protocol):
-    """The watermark mirror, run history, maintenance audit log and per-table runner locks."""
+    """The watermark mirror, run history, maintenance audit log, per-table runner locks and replicas."""
 
     def mirror(self, table: str) -> Mirror | None: ...
     def mirrors(self) -> dict[str, Mirror]: ...
@@ -149,6 +162,11 @@ class StateStore(Protocol):
     def record_audit(self, record: AuditRecord) -> None: ...
     def audits(self, table: str | None = None, action: str | None = None, limit: int = 50) -> list[AuditRecord]: ...
     def lock(self, table: str, wait: float = 0.0) -> AbstractContextManager[bool]: ...
+    def held(self, table: str) -> bool: ...
+    def beat_replica(self, replica: ReplicaRecord) -> None: ...
+    def replicas(self) -> list[ReplicaRecord]: ...
+    def remove_replica(self, replica_id: str) -> None: ...
+    def prune_replicas(self, older_than: float) -> int: ...
 
 
 class WindowWrite(Protocol):

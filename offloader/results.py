@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from offloader.errors import OffloaderError
+from offloader.errors import LockBusyError, OffloaderError
 
 if TYPE_CHECKING:
     from offloader.config import TableConfig
@@ -57,6 +57,11 @@ class TableResult:
     @property
     def ok(self) -> bool:
         return self.outcome in {"committed", "nothing_new"}
+
+    @property
+    def held_elsewhere(self) -> bool:
+        """Left alone because another runner (a replica, a one-shot command) held the table's lock."""
+        return self.outcome == "skipped" and isinstance(self.error, LockBusyError)
 
     def add(self, done: WindowResult) -> None:
         """Count one committed window in the run."""
@@ -105,3 +110,4 @@ class Observer:
     def mismatch(self, table: TableConfig) -> None: ...
     def progress(self, table: TableConfig, done: int, total: int) -> None: ...
     def action_finished(self, table: TableConfig, result: ActionResult) -> None: ...
+    def held_elsewhere(self, table: TableConfig) -> None: ...

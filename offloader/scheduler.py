@@ -7,7 +7,7 @@ builds its scheduler and triggers here.
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
@@ -32,14 +32,26 @@ def trigger(cron: str | None, interval: float | None = None) -> Any:
     return CronTrigger.from_crontab(cron, timezone=UTC)
 
 
+def period(cron: str | None, interval: float | None = None) -> float:
+    """The shortest time between two runs of :func:`trigger` ``(cron, interval)``, over its next few runs."""
+    if cron is None and interval:
+        return interval
+    fires, when = [], datetime.now(UTC)
+    for _ in range(6):
+        when = trigger(cron).get_next_fire_time(None, when + timedelta(seconds=1))
+        fires.append(when)
+    return min((b - a).total_seconds() for a, b in zip(fires, fires[1:], strict=False))
+
+
 def background() -> Any:
-    """A scheduler in threads of its own: one for the jobs, one for the heartbeat; runs coalesce."""
+    """A scheduler in threads of its own: one for the jobs, one for the heartbeat, one for the
+    replica's heartbeat in the state store (a slow state store never delays /healthz); runs coalesce."""
     from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.schedulers.background import BackgroundScheduler
 
     return BackgroundScheduler(
         timezone=UTC,
-        executors={"default": ThreadPoolExecutor(1), "heartbeat": ThreadPoolExecutor(1)},
+        executors={"default": ThreadPoolExecutor(1), "heartbeat": ThreadPoolExecutor(1), "replica": ThreadPoolExecutor(1)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
     )
 

@@ -3,7 +3,8 @@
 Bound to ``[server] host:port`` (127.0.0.1:9108 by default). ``/healthz`` is for liveness:
 200 while the scheduler runs and ticks, 503 otherwise, with no config, secret or exception
 text. ``/readyz`` asks the source, the catalog and the state store, and names the part that
-does not answer. ``/status`` is the JSON of ``offloader status`` plus each table's next run.
+does not answer. ``/status`` is the JSON of ``offloader status`` plus each table's next run,
+this process's replica id and the live replicas.
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         next_runs = self.service.next_runs()
         body = [dict(s.as_dict(), next_run=next_runs.get(s.table)) for s in statuses]
-        self._send(200, "application/json", json.dumps({"tables": body}, indent=2, default=str).encode())
+        live = [dict(r.__dict__) for r in self.service.app.live_replicas()]
+        out = {"tables": body, "replica": self.service.replica.id, "replicas": live}
+        self._send(200, "application/json", json.dumps(out, indent=2, default=str).encode())
 
     def _send(self, code: int, content_type: str, body: bytes) -> None:
         self.send_response(code)

@@ -8,6 +8,10 @@ heartbeat job in an executor of its own proves the scheduler is ticking, for ``/
 Maintenance (compaction, expiry, orphans) and the consistency check run daily at
 ``schedule.maintenance_cron`` in the same worker, so they never overlap a cycle.
 
+The service is one replica (``replicas``): it registers at start, refreshes its row every
+``[replica] heartbeat`` in an executor of its own, deletes it on a clean shutdown, and each
+cycle and maintenance slot runs only the tables it owns among the live replicas.
+
 SIGTERM or SIGINT stops new work; the table in flight finishes its window or abandons it
 before the commit (never half a commit), and the process exits 0 within ``shutdown_timeout``.
 """
@@ -23,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from offloader import footprint, scheduler
+from offloader import footprint, replicas, scheduler
 from offloader.app import App
 from offloader.config import TableConfig
 from offloader.cursor import format_time
@@ -51,6 +55,9 @@ class Service:
         self._idle = threading.Event()
         self._idle.set()
         self.scheduler = scheduler.background()
+        self.replica = replicas.Membership(app.state, self.config.replica)
+        self._cycle_seconds, self._lease_warned = float("inf"), False
+        self.metrics.set_replica(self.replica.id, self.replica.host)
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -74,12 +81,39 @@ class Service:
                 name=f"offload {table.name}", **first,
             )  # fmt: skip
         self.scheduler.add_job(self._beat, "interval", seconds=HEARTBEAT_SECONDS, id="heartbeat", executor="heartbeat")
+        self._join()
+        self.scheduler.add_job(
+            self._replica_beat, "interval", seconds=self.config.replica.heartbeat, id="replica", executor="replica"
+        )
         self.scheduler.add_job(self._maintenance, self._trigger(schedule.maintenance_cron), id="maintenance", name="maintenance")
         self.scheduler.start()
         self.log.info("service_started", tables=len(self.config.tables), cron=schedule.cron, interval=schedule.interval)
 
     def _beat(self) -> None:
         self.last_tick = self.monotonic()
+
+    def _join(self) -> None:
+        """Register this replica before the first cycle."""
+        schedule = self.config.schedule
+        self._replica_beat()
+        self.log.info("replica_joined", host=self.replica.host, pid=self.replica.pid, lease=self.config.replica.lease)
+        self._cycle_seconds = scheduler.period(None if schedule.interval else schedule.cron, schedule.interval)
+
+    def _check_lease(self, live: list[str]) -> None:
+        """Warn once, when another replica is live, if a dead replica's tables would wait past one cycle."""
+        lease = self.config.replica.lease
+        if len(live) > 1 and not self._lease_warned and lease >= self._cycle_seconds:
+            self._lease_warned = True
+            self.log.warning(
+                "replica_lease_long", lease=lease, cycle_seconds=self._cycle_seconds, replicas=live,
+                hint="a dead replica's tables wait more than one cycle: set replica.lease below the cycle interval",
+            )  # fmt: skip
+
+    def _replica_beat(self) -> None:
+        try:
+            self.replica.beat()
+        except Exception as exc:  # the state store down: the lease lapses, the table locks still guard every run
+            self.log.warning("replica_heartbeat_failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
     def _maintenance(self) -> None:
         """The daily slot: compaction, expiry and orphan removal, then the consistency check."""
@@ -89,14 +123,15 @@ class Service:
         started = time.perf_counter()
         try:
             self.log.info("maintenance_started", tables=len(self.config.tables))
-            actions = self.app.maintain(observer=self.metrics, stop=self.stop)
+            mine = self.replica.share(self.config.ordered_tables()).mine  # each replica maintains what it owns
+            actions = self.app.maintain(mine, observer=self.metrics, stop=self.stop)
             checks = []
             settings = self.config.maintenance
             if settings.check and not self.stop.is_set():
                 since = None
                 if settings.check_since is not None:
                     since = format_time(datetime.now(UTC) - timedelta(seconds=settings.check_since))
-                checks = self.app.check(since=since, repair=settings.repair, observer=self.metrics, stop=self.stop)
+                checks = self.app.check(mine, since=since, repair=settings.repair, observer=self.metrics, stop=self.stop)
             self.log.info(
                 "maintenance_finished", seconds=round(time.perf_counter() - started, 3),
                 failed=sorted({f"{a.table}:{a.action}" for a in actions if a.outcome == "failed"}),
@@ -136,14 +171,17 @@ class Service:
         started = time.perf_counter()
         self.metrics.cycle_started.set(time.time())
         try:
-            self.log.info("cycle_started", tables=len(tables))
-            results = self.app.run_cycle(tables, observer=self.metrics, stop=self.stop)
+            share = self.replica.share(tables)
+            self.metrics.set_share(tables, {t.name for t in share.mine}, len(share.live))
+            self._check_lease(share.live)
+            self.log.info("cycle_started", tables=len(tables), owned=[t.name for t in share.mine], replicas=share.live)
+            results = self.app.run_cycle(share.mine, observer=self.metrics, stop=self.stop, elsewhere=share.elsewhere)
             by_name = {t.name: t for t in tables}
             for result in results:
                 if result.outcome != "skipped" or result.error is None:
                     self.metrics.run_finished(by_name[result.table], result)
             self._update_lag(tables)
-            failed = [r.table for r in results if not r.ok]
+            failed = [r.table for r in results if not r.ok and not r.held_elsewhere]
             self.log.info(
                 "cycle_finished", seconds=round(time.perf_counter() - started, 3), tables=len(results),
                 rows=sum(r.rows for r in results), failed=failed,
@@ -210,5 +248,9 @@ class Service:
         except Exception:  # noqa: S110 - already stopped
             pass
         finished = self._idle.wait(self.config.schedule.shutdown_timeout)
+        try:
+            self.replica.leave()  # the others take its tables at their next cycle, without waiting for the lease
+        except Exception as exc:  # the row lapses with its lease
+            self.log.warning("replica_leave_failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         self.log.info("service_stopped", clean=finished)
         return finished

@@ -1,9 +1,9 @@
 """offloader's own state store (PostgreSQL, or SQLite for the embedded default).
 
-It owns three things: the schema in ``catalog/*.sql`` (applied idempotently at start), the
-mirror of each table's committed cursor (``offloader_watermarks``), the run history
-(``offloader_runs``), and the per-table runner lock: a PostgreSQL session advisory lock, or
-a file lock beside the SQLite database. The mirror is for operators and metrics only; the
+It owns the schema in ``catalog/*.sql`` (applied idempotently at start), the mirror of each
+table's committed cursor (``offloader_watermarks``), the run history (``offloader_runs``),
+the live replicas (``offloader_replicas``, read by ``replicas``), and the per-table runner
+lock: a PostgreSQL session advisory lock, or a file lock beside the SQLite database. The mirror is for operators and metrics only; the
 Iceberg marker is the truth, and :func:`compare` says whether the mirror is behind or ahead.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 from offloader.config import StateConfig, connection_url
 from offloader.errors import StateError, first_line
 from offloader.faults import fail
-from offloader.ports import AuditRecord, Mirror, RunRecord
+from offloader.ports import AuditRecord, Mirror, ReplicaRecord, RunRecord
 
 # catalog/*.sql at the repository root, reached through the package's sql/ link so that an
 # installed wheel carries the same files
@@ -33,6 +33,10 @@ def schema_files() -> list[Path]:
     if not files:
         raise StateError(f"no state schema files found in {_PACKAGED_SCHEMA}")
     return files
+
+
+# Columns added to a table after its first release: SQLite has no ADD COLUMN IF NOT EXISTS.
+_ADDED_COLUMNS = (("offloader_runs", "replica", "TEXT"),)
 
 
 def _storable(fields: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +94,20 @@ class StateStore:
                 for statement in body.split(";"):
                     if statement.strip():
                         conn.execute(text(statement))
+            self._add_columns(conn)
+
+    def _add_columns(self, conn: Any) -> None:
+        """The columns of ``_ADDED_COLUMNS`` a database created by an older release lacks."""
+        from sqlalchemy import inspect, text
+
+        for table, column, kind in _ADDED_COLUMNS:
+            if column in {c["name"] for c in inspect(conn).get_columns(table)}:
+                continue
+            try:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+            except Exception as exc:  # another SQLite process added it first (PostgreSQL serialises on a lock)
+                if "duplicate column" not in str(exc):
+                    raise
 
     def ping(self) -> None:
         from sqlalchemy import text
@@ -234,6 +252,52 @@ class StateStore:
             ).all()
         return [AuditRecord(*row) for row in rows]
 
+    # -- replicas --------------------------------------------------------------------------
+
+    def beat_replica(self, replica: ReplicaRecord) -> None:
+        """Insert or refresh one replica's row (its heartbeat)."""
+        from sqlalchemy import text
+
+        values = replica.__dict__
+        with self._connection("refresh the replica heartbeat") as conn:
+            updated = conn.execute(
+                text(
+                    "UPDATE offloader_replicas SET host = :host, pid = :pid, version = :version, started_at = :started_at,"
+                    " heartbeat_at = :heartbeat_at WHERE replica_id = :replica_id"
+                ),
+                values,
+            ).rowcount
+            if not updated:
+                conn.execute(
+                    text(
+                        "INSERT INTO offloader_replicas (replica_id, host, pid, version, started_at, heartbeat_at)"
+                        " VALUES (:replica_id, :host, :pid, :version, :started_at, :heartbeat_at)"
+                    ),
+                    values,
+                )
+
+    def replicas(self) -> list[ReplicaRecord]:
+        """Every registered replica, live or not (``replicas`` applies the lease)."""
+        from sqlalchemy import text
+
+        fields = ", ".join(ReplicaRecord.__dataclass_fields__)
+        with self._connection("read the replicas") as conn:
+            rows = conn.execute(text(f"SELECT {fields} FROM offloader_replicas ORDER BY replica_id")).all()
+        return [ReplicaRecord(r[0], r[1], int(r[2]), r[3], float(r[4]), float(r[5])) for r in rows]
+
+    def remove_replica(self, replica_id: str) -> None:
+        from sqlalchemy import text
+
+        with self._connection("remove a replica") as conn:
+            conn.execute(text("DELETE FROM offloader_replicas WHERE replica_id = :r"), {"r": replica_id})
+
+    def prune_replicas(self, older_than: float) -> int:
+        """Forget replicas whose last heartbeat is older than ``older_than`` (killed, never back)."""
+        from sqlalchemy import text
+
+        with self._connection("prune the replicas") as conn:
+            return int(conn.execute(text("DELETE FROM offloader_replicas WHERE heartbeat_at < :c"), {"c": older_than}).rowcount)
+
     # -- runner locks --------------------------------------------------------------------
 
     @contextmanager
@@ -250,6 +314,25 @@ class StateStore:
                     yield taken
                     return
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def held(self, table: str) -> bool:
+        """Whether some runner holds the table's lock now, without taking it on PostgreSQL."""
+        if self.config.is_sqlite:
+            with self._file_lock(table) as taken:
+                return not taken
+        from sqlalchemy import text
+
+        key = lock_key(table) & 0xFFFFFFFFFFFFFFFF  # pg_locks shows the key as two unsigned halves
+        with self._connection(f"read the lock of {table}") as conn:
+            found = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                    " AND classid::bigint = :hi AND objid::bigint = :lo"
+                ),
+                {"hi": key >> 32, "lo": key & 0xFFFFFFFF},
+            ).scalar()
+        return bool(found)
 
     @contextmanager
     def _try_lock(self, table: str) -> Iterator[bool]:

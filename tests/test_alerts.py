@@ -55,6 +55,10 @@ EXPECTED_METRICS = {
     "offloader_consistency_last_check_timestamp_seconds": ("gauge", {"table"}),
     "offloader_ttl_headroom_seconds": ("gauge", {"table"}),
     "offloader_build_info": ("gauge", {"version"}),
+    "offloader_replica_info": ("gauge", {"replica", "host"}),
+    "offloader_replicas_live": ("gauge", set()),
+    "offloader_table_owned": ("gauge", {"table"}),
+    "offloader_table_held_elsewhere_total": ("counter", {"table"}),
 }
 # Every alert -> the runbook (docs/runbooks/<file>) of its family.
 ALERT_RUNBOOKS = {

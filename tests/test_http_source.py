@@ -8,19 +8,23 @@ Iceberg is read back with PyIceberg.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Workspace, assert_exact, iceberg_rows, trades_table
+from helpers import Workspace, assert_exact, iceberg_rows, trades_table, wait_for
 from storage import free_port
 
 CHHTTP = Path(__file__).resolve().with_name("chhttp.py")
@@ -373,4 +377,148 @@ def test_the_service_over_http_is_exact_and_keeps_pandas_out_of_memory(ws: Works
             proc.kill()
             proc.wait()
     assert_exact(ws, source=endpoint.rows, rows=20_000)
+    assert endpoint.stop() == 0
+
+
+# -- replicas ---------------------------------------------------------------------------------
+
+REPLICA_IDS = ("replica-0", "replica-1", "replica-2")
+# Owners by rendezvous over REPLICA_IDS: trades and quotes replica-1, orders replica-0, trades_silver
+# (a dependent of trades, owned by another replica than its upstream) replica-2.
+CHAOS_TABLES = ("trades", "quotes", "orders", "trades_silver")
+CHAOS_SECONDS = 45
+
+
+def _feed(endpoint: Endpoint, stop: threading.Event, rng: random.Random, fed: dict[str, int]) -> None:
+    """The live feed: rows with the server's current time land in every source table until ``stop``."""
+    client = endpoint.client()
+    first = 10_000_000
+    while not stop.wait(0.1):
+        for table in CHAOS_TABLES:
+            n = rng.randint(1, 200)
+            client.command(
+                f"INSERT INTO k2.{table} SELECT now64(3), now64(6) + toIntervalMicrosecond(number), {{first:UInt64}} + number, "
+                "['BTC-USDT', 'ETH-USDT'][number % 2 + 1], if(number % 2 = 0, 'buy', 'sell'), toDecimal64(30000, 8), "
+                "toDecimal64(0.5, 8) FROM numbers({n:UInt64})",
+                parameters={"first": first, "n": n},
+            )
+            first += n
+            fed[table] += n
+
+
+def _log_entries(folder: Path) -> list[dict[str, Any]]:
+    """Every JSON log line every incarnation of every replica wrote."""
+    out = []
+    for path in sorted(folder.glob("*.log")):
+        out += [json.loads(ln) for ln in path.read_text().splitlines() if ln.startswith("{")]
+    return out
+
+
+@pytest.mark.slow
+def test_three_replicas_killed_and_restarted_at_random_stay_exact_and_share_the_work(ws: Workspace, endpoint: Endpoint) -> None:
+    """Three `offloader run` replicas on one config, SIGKILLed and restarted at random while rows keep arriving: Iceberg equals the source row for row, every table progressed, the tables were shared by owner, and no log line warns about locks."""
+    from offloader.config import StateConfig
+    from offloader.replicas import assign
+    from offloader.state import StateStore
+
+    seed_value = int(os.environ.get("OFFLOADER_CHAOS_SEED", time.time_ns() % 2**32))
+    rng = random.Random(seed_value)  # noqa: S311 - the test's kill schedule, repeatable from its seed
+    ws.tables = [trades_table(t, source=f"k2.{t}", target=f"cold.{t}") for t in CHAOS_TABLES[:3]]
+    ws.tables.append(
+        trades_table(
+            "trades_silver", source="k2.trades_silver", target="cold.trades_silver", layer="silver", depends_on=["trades"]
+        )
+    )
+    for table in CHAOS_TABLES:
+        ws.create_trades(table)
+        ws.insert_trades(20_000, table=f"k2.{table}")
+    ws.release()
+    ws.source.update(safety_lag="2s")  # a fed row is visible well before a window reaches its time
+    ws.schedule.update(interval="3s", shutdown_timeout="30s")
+    ws.server.update(enabled=False)
+    endpoint.start()
+    catalog = ws.storage.catalog()  # the SQL catalog creates its tables before the replicas race for them
+    if hasattr(catalog, "engine"):
+        catalog.engine.dispose()
+
+    logs = ws.root / "replica-logs"
+    logs.mkdir()
+    running: dict[str, tuple[subprocess.Popen[str], Any]] = {}
+    starts: dict[str, int] = dict.fromkeys(REPLICA_IDS, 0)
+
+    def launch(replica: str) -> None:
+        starts[replica] += 1
+        out = (logs / f"{replica}.{starts[replica]}.log").open("w")
+        env = {"OFFLOADER__REPLICA__ID": replica, "OFFLOADER__REPLICA__HEARTBEAT": "0.5s", "OFFLOADER__REPLICA__LEASE": "2.5s"}
+        running[replica] = (ws.start("run", env=env, stdout=out, stderr=subprocess.STDOUT), out)
+
+    fed = dict.fromkeys(CHAOS_TABLES, 0)
+    stop_feed = threading.Event()
+    feed_rng = random.Random(seed_value + 1)  # noqa: S311 - the feed's sizes, repeatable from the seed
+    feed = threading.Thread(target=_feed, args=(endpoint, stop_feed, feed_rng, fed), daemon=True)
+    kills = 0
+    try:
+        for replica in REPLICA_IDS:
+            launch(replica)
+        feed.start()
+        deadline = time.monotonic() + CHAOS_SECONDS
+        while time.monotonic() < deadline:
+            time.sleep(rng.uniform(1.0, 5.0))
+            victim = rng.choice(REPLICA_IDS)
+            proc, out = running.pop(victim)
+            proc.kill()
+            proc.wait(timeout=30)
+            out.close()
+            kills += 1
+            time.sleep(rng.uniform(0.0, 4.0))
+            launch(victim)
+        stop_feed.set()
+        feed.join(timeout=60)
+        assert not feed.is_alive()
+
+        def caught_up() -> bool:
+            return all(iceberg_rows(ws, f"cold.{t}") == endpoint.rows(f"SELECT count() FROM k2.{t}")[0][0] for t in CHAOS_TABLES)
+
+        wait_for(caught_up, timeout=300, what=f"the replicas to catch up (seed {seed_value})")
+        for proc, _ in running.values():
+            proc.send_signal(signal.SIGTERM)
+        for replica, (proc, _) in running.items():
+            assert proc.wait(timeout=120) == 0, f"{replica} did not stop cleanly (seed {seed_value})"
+    finally:
+        stop_feed.set()
+        for proc, out in running.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            out.close()
+
+    assert kills >= 5
+    for table in CHAOS_TABLES:
+        assert fed[table] > 0
+        assert_exact(ws, table=f"k2.{table}", target=f"cold.{table}", source=endpoint.rows, rows=20_000 + fed[table])
+
+    state = StateStore(StateConfig(dsn=ws.pg_dsn))
+    try:
+        runs = [r for r in state.runs(limit=1_000_000) if r.outcome in {"committed", "nothing_new"}]
+        assert state.replicas() == [], "every replica stopped cleanly deletes its row"
+    finally:
+        state.close()
+    owners = assign(CHAOS_TABLES, REPLICA_IDS)
+    assert set(owners.values()) == set(REPLICA_IDS), owners
+    by_replica = Counter(r.replica for r in runs)
+    assert len(by_replica) > 1 and set(by_replica) <= set(REPLICA_IDS), by_replica
+    for table in CHAOS_TABLES:
+        mine = [r for r in runs if r.table_name == table]
+        assert any(r.outcome == "committed" and r.rows_written > 0 for r in mine), f"{table} never progressed"
+        by_owner = sum(r.replica == owners[table] for r in mine)
+        assert by_owner > len(mine) / 2, (
+            f"{table}: {by_owner} of {len(mine)} runs by its owner {owners[table]} (seed {seed_value})"
+        )
+
+    entries = _log_entries(logs)
+    assert entries and all(e.get("replica") in REPLICA_IDS for e in entries)
+    loud = [e for e in entries if e.get("level") in {"warning", "error", "critical"}]
+    about_locks = [e for e in loud if "lock" in json.dumps(e).lower()]
+    assert about_locks == [], about_locks[:5]
+    assert not [e for e in entries if e["event"] == "table_locked"]
     assert endpoint.stop() == 0

@@ -265,7 +265,7 @@ def test_schedule_jobs_follow_config_cron_per_table_cron_and_run_at_start(ws: Wo
     try:
         service.start()
         jobs = {job.id: job for job in service.scheduler.get_jobs()}
-        assert set(jobs) == {"cycle", "table:hourly", "heartbeat", "maintenance"}
+        assert set(jobs) == {"cycle", "table:hourly", "heartbeat", "replica", "maintenance"}
         assert [t.name for t in jobs["cycle"].args[0]] == ["trades"]
         assert [t.name for t in jobs["table:hourly"].args[0]] == ["hourly"]
         now = datetime.now(UTC)
