@@ -6,7 +6,7 @@ One run of a table, under its runner lock (``job.guarded``):
 2. read the committed cursor from the Iceberg marker, the truth; repair a mirror that is
    behind, stop on a mirror that is ahead (``state``);
 3. take ``hi`` = the ClickHouse server's now() minus the safety lag and minus the source
-   replica's delay (``replicas``; above ``max_replica_delay`` the table does not move), and split the backlog
+   replica's delay (``replica_lag``; above ``max_replica_delay`` the table does not move), and split the backlog
    between the cursor and ``hi`` into windows no longer than ``max_window`` and of at most
    ``max_window_rows`` rows (the ties of its last time excepted);
 4. commit each window as ONE snapshot whose summary carries the new cursor, then update the
@@ -29,7 +29,7 @@ from offloader.cursor import Cursor, Window, format_time, parse_time
 from offloader.errors import CommitConflictError, MirrorAheadError, OffloaderError
 from offloader.job import Outcome, TableJob, guarded
 from offloader.ports import Marker, RunRecord
-from offloader.replicas import replica_delay
+from offloader.replica_lag import replica_delay
 from offloader.results import TableResult
 from offloader.window import Windows
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from offloader.errors import ReplicaLagError
-from offloader.replicas import ReplicaDelay, replica_delay
+from offloader.replica_lag import ReplicaDelay, replica_delay
 
 
 class Answers:

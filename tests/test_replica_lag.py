@@ -1,4 +1,4 @@
-"""The source replica's delay (offloader/replicas.py) against the real ClickHouse engine (chDB).
+"""The source replica's delay (offloader/replica_lag.py) against the real ClickHouse engine (chDB).
 
 chDB cannot run a replicated table, so the lagging replica of the whole-run tests is the real
 engine with ``system.replicas`` swapped for a stand-in that reports a chosen delay
@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from offloader.errors import ConfigError, SourceError
 from offloader.metrics import Metrics
-from offloader.replicas import replica_delay
+from offloader.replica_lag import replica_delay
 
 LAGGING = Path(__file__).resolve().with_name("lagging_replica.py")
 # rows 180, 120, 30 and 10 minutes old (ingestion_timestamp is the cursor's time)
