@@ -42,6 +42,7 @@ from offloader.cursor import Cursor, Window, format_time, time_key
 from offloader.errors import CommitConflictError, ConfigError, SchemaError, WindowMismatchError
 from offloader.job import TableJob, guarded, record_run
 from offloader.ports import RunRecord, Workers, WrittenFiles
+from offloader.replica_lag import replica_delay
 from offloader.results import TableResult
 from offloader.window import Windows
 
@@ -161,7 +162,8 @@ class Backfill:
         cursor = windows.committed_cursor(log)
         windows.table.prune_metadata(log)
         source = windows.source
-        hi = format_time(source.server_now() - timedelta(seconds=self.safety_lag))
+        delay = replica_delay(source.engine, self.job.table.source_database, self.job.table.source_table).seconds
+        hi = format_time(source.server_now() - timedelta(seconds=self.safety_lag + delay))  # as a cycle's end
         if end is not None and time_key(end) < time_key(hi):
             hi = end
         lo, inclusive = cursor, False

@@ -102,6 +102,7 @@ class SourceConfig:
     safety_lag: float = 300.0
     max_window: float = 86400.0
     max_window_rows: int = 10_000_000
+    max_replica_delay: float = 3600.0  # above it a table does not move (offloader/replica_lag.py)
     user: str | None = None
     password: Secret | None = None
     query_timeout: float = 600.0
@@ -180,6 +181,7 @@ class TableConfig:
     max_window_rows: int | None = None
     cron: str | None = None
     check_columns: tuple[str, ...] = ()
+    max_replica_delay: float | None = None
 
     @property
     def key_columns(self) -> tuple[str, ...]:

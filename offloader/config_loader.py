@@ -118,7 +118,8 @@ class _Validator(Checks):
 
     def source(self, s: dict[str, Any]) -> SourceConfig | None:
         allowed = {
-            "dsn", "safety_lag", "max_window", "max_window_rows", "user", "password", "password_file", "query_timeout", "settings",
+            "dsn", "safety_lag", "max_window", "max_window_rows", "max_replica_delay", "user", "password", "password_file",
+            "query_timeout", "settings",
         }  # fmt: skip
         self.unknown_keys("source", s, allowed)
         dsn = s.get("dsn")
@@ -138,6 +139,7 @@ class _Validator(Checks):
             safety_lag=self.duration("source.safety_lag", s.get("safety_lag"), 300.0),
             max_window=self.duration("source.max_window", s.get("max_window"), 86400.0, minimum=0.001),
             max_window_rows=self.integer("source.max_window_rows", s.get("max_window_rows"), 10_000_000, 1, 2**62),
+            max_replica_delay=self.duration("source.max_replica_delay", s.get("max_replica_delay"), 3600.0),
             user=s.get("user"),
             password=self.password("source", s),
             query_timeout=self.duration("source.query_timeout", s.get("query_timeout"), 600.0, minimum=1),
@@ -367,7 +369,7 @@ class _Validator(Checks):
         allowed = {
             "name", "source", "target", "layer", "cursor", "partition_by", "depends_on", "mode", "replace_lookback",
             "uint64", "bigint", "truncate_datetime64", "target_file_size", "safety_lag", "max_window", "cron",
-            "check_columns", "max_window_rows",
+            "check_columns", "max_window_rows", "max_replica_delay",
         }  # fmt: skip
         self.unknown_keys(label, t, allowed)
         if not isinstance(name, str) or not IDENTIFIER.match(name):
@@ -412,5 +414,6 @@ class _Validator(Checks):
             else self.integer(f"{label}.max_window_rows", t["max_window_rows"], 0, 1, 2**62),
             cron=self.cron(f"{label}.cron", t.get("cron")),
             check_columns=self.names(f"{label}.check_columns", t.get("check_columns", [])),
-        )
+            max_replica_delay=None if (d := t.get("max_replica_delay")) is None else self.duration(f"{label}.max_replica_delay", d, 0),
+        )  # fmt: skip
         return table if len(self.problems) == before else None

@@ -6,6 +6,7 @@ Every adapter catches its library's errors once and re-raises one of these ``fro
     OffloaderError
     ├── ConfigError                  bad configuration; one line per problem
     ├── SourceError                  ClickHouse failed or is unreachable (retryable)
+    │   └── ReplicaLagError          the source replica lags more than source.max_replica_delay (retryable)
     ├── SchemaError                  a source schema offloader cannot map or evolve
     │   └── UnsupportedTypeError     a ClickHouse type with no faithful Iceberg type
     ├── DataError                    a value that cannot be stored without changing it
@@ -59,6 +60,10 @@ class SourceError(OffloaderError):
     """ClickHouse failed to answer a query, or cannot be reached."""
 
     retryable = True
+
+
+class ReplicaLagError(SourceError):
+    """The source replica lags more than ``max_replica_delay``: the table does not move until it catches up."""
 
 
 class SchemaError(OffloaderError):

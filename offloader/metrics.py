@@ -113,6 +113,11 @@ class Metrics(Observer):
             "Time left before the source table's TTL deletes its oldest row not yet offloaded (+Inf when none waits).",
             ["table"], registry=r,
         )  # fmt: skip
+        self.replica_delay_gauge = Gauge(
+            "offloader_source_replica_delay_seconds",
+            "absolute_delay of the source table's replicas in system.replicas, read before each run (0: not replicated).",
+            ["table"], registry=r,
+        )  # fmt: skip
         self.build_info = Gauge("offloader_build_info", "offloader's version.", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
         # replicas (replicas.py): who this process is, whom it saw live, what it owns
@@ -224,3 +229,6 @@ class Metrics(Observer):
     def set_ttl_headroom(self, table: TableConfig, seconds: float | None) -> None:
         if seconds is not None:
             self.ttl_headroom.labels(table=table.name).set(seconds)
+
+    def replica_delay(self, table: TableConfig, seconds: float) -> None:
+        self.replica_delay_gauge.labels(table=table.name).set(seconds)

@@ -5,7 +5,8 @@ One run of a table, under its runner lock (``job.guarded``):
 1. read the source schema, map it, open or create the Iceberg table (``window.Windows``);
 2. read the committed cursor from the Iceberg marker, the truth; repair a mirror that is
    behind, stop on a mirror that is ahead (``state``);
-3. take ``hi`` = the ClickHouse server's now() minus the safety lag, and split the backlog
+3. take ``hi`` = the ClickHouse server's now() minus the safety lag and minus the source
+   replica's delay (``replica_lag``; above ``max_replica_delay`` the table does not move), and split the backlog
    between the cursor and ``hi`` into windows no longer than ``max_window`` and of at most
    ``max_window_rows`` rows (the ties of its last time excepted);
 4. commit each window as ONE snapshot whose summary carries the new cursor, then update the
@@ -29,6 +30,7 @@ from offloader.cursor import Cursor, Window, format_time, parse_time
 from offloader.errors import CommitConflictError
 from offloader.job import Outcome, TableJob, guarded, record_run
 from offloader.ports import RunRecord
+from offloader.replica_lag import replica_delay
 from offloader.results import TableResult
 from offloader.window import Windows
 
@@ -104,10 +106,11 @@ class Offload:
         windows.table.prune_metadata(log)
         source = windows.source
         now = source.server_now()
-        hi = format_time(now - timedelta(seconds=self.safety_lag))
+        lag = self.safety_lag + self._replica_delay(source.engine, log)
+        hi = format_time(now - timedelta(seconds=lag))
         record.window_lo, record.window_hi = (cursor.time if cursor else None), hi
         if self.job.table.mode == "replace":
-            frozen = format_time(now - timedelta(seconds=self.safety_lag + self.job.table.replace_lookback))
+            frozen = format_time(now - timedelta(seconds=lag + self.job.table.replace_lookback))
             self._replace_windows(windows, cursor, hi, frozen, result)
             return
         total, first = source.backlog(cursor, hi)  # counted once, for progress
@@ -124,6 +127,18 @@ class Offload:
             done += committed.rows
             self.job.observer.progress(self.job.table, done, max(total, done))
             first = source.first_pending(cursor, hi)
+
+    def _replica_delay(self, engine: Any, log: Any) -> float:
+        """The source replica's delay, to fold into the safety lag; above ``max_replica_delay`` the table does not move."""
+        table = self.job.table
+        delay = replica_delay(engine, table.source_database, table.source_table)
+        self.job.observer.replica_delay(table, delay.seconds)
+        if delay.replicas:
+            log.info("replica_delay", seconds=delay.seconds, read=delay.read, queue_size=delay.queue_size)
+        own = table.max_replica_delay is not None
+        limit = table.max_replica_delay if table.max_replica_delay is not None else self.job.config.source.max_replica_delay
+        delay.check(table.name, limit, f"tables.{table.name}.max_replica_delay" if own else "source.max_replica_delay")
+        return delay.seconds
 
     def _count(self, result: TableResult, committed: Any) -> None:
         result.add(committed)

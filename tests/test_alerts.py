@@ -54,6 +54,7 @@ EXPECTED_METRICS = {
     "offloader_consistency_extra_rows": ("gauge", {"table"}),
     "offloader_consistency_last_check_timestamp_seconds": ("gauge", {"table"}),
     "offloader_ttl_headroom_seconds": ("gauge", {"table"}),
+    "offloader_source_replica_delay_seconds": ("gauge", {"table"}),
     "offloader_build_info": ("gauge", {"version"}),
     "offloader_replica_info": ("gauge", {"replica", "host"}),
     "offloader_replicas_live": ("gauge", set()),
@@ -72,6 +73,7 @@ ALERT_RUNBOOKS = {
     "OffloaderNoCycles": "scheduler-down.md",
     "DataMismatch": "data-mismatch.md",
     "TTLRisk": "ttl-risk.md",
+    "ReplicaDelayHigh": "high-lag.md",
 }
 ALERTS = set(ALERT_RUNBOOKS)
 # The alerts (OffloaderNoCycles is an extra one of ours).
@@ -197,6 +199,8 @@ def test_rules_define_the_alerts_with_severity_and_annotations() -> None:
     assert "time() - (offloader_cycle_started_timestamp_seconds > 0) > 600" in slow
     assert 'offloader_maintenance_actions_total{outcome="failed"}[1d]' in by_name["MaintenanceFailed"]["expr"]
     assert "offloader_ttl_headroom_seconds < 86400" in by_name["TTLRisk"]["expr"]
+    assert by_name["ReplicaDelayHigh"]["for"] == "10m"
+    assert "offloader_source_replica_delay_seconds > 600" in by_name["ReplicaDelayHigh"]["expr"]
     assert "offloader_commit_conflicts_total" in by_name["CommitConflictsFrequent"]["expr"]
     assert "offloader_cycle_duration_seconds_count[1h]" in by_name["OffloaderNoCycles"]["expr"]
 
