@@ -1,7 +1,7 @@
 """Test fixtures: a workspace per test with a real chDB source, real PostgreSQL, real Iceberg.
 
 Only fixtures and hooks live here; what they build, and every helper tests share, is in
-tests/helpers.py (tests import from there, never from conftest or another test module).
+tests/helpers.py and tests/endpoint.py (tests import from there, never from conftest).
 
 Every test that needs PostgreSQL gets a fresh database on the server named by
 ``OFFLOADER_TEST_PG_DSN`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``), used
@@ -21,8 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from endpoint import Endpoint
 from helpers import PG_DSN, Workspace, fresh_pg_database, pg_admin
 from storage import FSSPEC_SETUPS, SETUPS, SeaweedFS, Storage
+
+from offloader.config import StateConfig
+from offloader.state import StateStore
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -80,3 +84,32 @@ def ws(tmp_path: Path, pg_database: str, storage: Storage) -> Iterator[Workspace
         yield workspace
     finally:
         workspace.release()
+
+
+@pytest.fixture
+def endpoint(ws: Workspace) -> Iterator[Endpoint]:
+    """A remote ClickHouse over HTTP on the workspace's chDB directory (tests/endpoint.py), killed at the end."""
+    ep = Endpoint(ws)
+    try:
+        yield ep
+    finally:
+        ep.kill()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def state_config(request: pytest.FixtureRequest, tmp_path: Path) -> StateConfig:
+    """A fresh, empty state database: PostgreSQL (its own database) or SQLite (its own file)."""
+    if request.param == "postgresql":
+        return StateConfig(dsn=request.getfixturevalue("pg_database"))
+    return StateConfig(dsn=f"sqlite:///{tmp_path / 'state' / 'offloader.db'}")
+
+
+@pytest.fixture
+def store(state_config: StateConfig) -> Iterator[StateStore]:
+    """The state store on the fresh database, its schema applied."""
+    opened = StateStore(state_config)
+    opened.migrate()
+    try:
+        yield opened
+    finally:
+        opened.close()

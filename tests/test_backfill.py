@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from endpoint import Endpoint
 from helpers import ROOT, Workspace, assert_exact, clean_env, trades_table
 from storage import free_port
-from test_http_source import Endpoint, seed
+from test_http_source import seed
 
 SLOW = {"OFFLOADER_SLOW_AT": "after_write:2"}  # each slice held 2 s after its files are written
 
@@ -85,15 +86,6 @@ def assert_in_cursor_order(summaries: list[dict[str, str]]) -> None:
     assert cursors == sorted(cursors), cursors
     per_run = [(s["offloader.run-id"], s["offloader.backfill-slice"]) for s in summaries]
     assert len(per_run) == len(set(per_run)), per_run
-
-
-@pytest.fixture
-def endpoint(ws: Workspace) -> Iterator[Endpoint]:
-    ep = Endpoint(ws)
-    try:
-        yield ep
-    finally:
-        ep.kill()
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from offloader.config import ReplicaConfig, StateConfig, TableConfig, connection
 from offloader.replicas import FORGET_AFTER_LEASES, Membership
 from offloader.state import RunRecord, StateStore
 
-BACKENDS = ["postgresql", "sqlite"]
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 TABLES = [TableConfig(name=f"t{i}", source=f"k2.t{i}", target=f"cold.t{i}", layer="bronze", cursor=("ts",)) for i in range(30)]
 
@@ -41,24 +39,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(params=BACKENDS)
-def state_config(request: pytest.FixtureRequest, tmp_path: Path) -> StateConfig:
-    """A fresh, empty state database: PostgreSQL (its own database) or SQLite (its own file)."""
-    if request.param == "postgresql":
-        return StateConfig(dsn=request.getfixturevalue("pg_database"))
-    return StateConfig(dsn=f"sqlite:///{tmp_path / 'state' / 'offloader.db'}")
-
-
-@pytest.fixture
-def store(state_config: StateConfig) -> Iterator[StateStore]:
-    opened = StateStore(state_config)
-    opened.migrate()
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def member(store: StateStore, replica: str, clock: Clock, lease: float = 10.0) -> Membership:

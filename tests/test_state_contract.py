@@ -29,7 +29,6 @@ from offloader.config import StateConfig
 from offloader.errors import StateError
 from offloader.state import AuditRecord, RunRecord, StateStore
 
-BACKENDS = ["postgresql", "sqlite"]
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 BIG = 2**63 - 1  # the largest snapshot id and row count a BIGINT holds
 SLACK = 3.0  # seconds a lock wait may overrun its bound on a loaded machine
@@ -47,25 +46,6 @@ with store.lock(sys.argv[2]) as taken:
     sys.stdin.readline()
 print("released", flush=True)
 """
-
-
-@pytest.fixture(params=BACKENDS)
-def state_config(request: pytest.FixtureRequest, tmp_path: Path) -> StateConfig:
-    """A fresh, empty state database: PostgreSQL (its own database) or SQLite (its own file)."""
-    if request.param == "postgresql":
-        return StateConfig(dsn=request.getfixturevalue("pg_database"))
-    return StateConfig(dsn=f"sqlite:///{tmp_path / 'state' / 'offloader.db'}")
-
-
-@pytest.fixture
-def store(state_config: StateConfig) -> Iterator[StateStore]:
-    """The state store on the fresh database, its schema applied."""
-    opened = StateStore(state_config)
-    opened.migrate()
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 @pytest.fixture
