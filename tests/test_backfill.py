@@ -66,6 +66,13 @@ def parent_of(pid: int) -> int | None:
         return None
 
 
+def wait_for_worker(parent: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(parent_of(pid) == parent for pid in processes("multiprocessing.spawn")):
+        assert time.monotonic() < deadline, f"no worker process of {parent} appeared in {timeout:.0f}s"
+        time.sleep(0.1)
+
+
 def kill_one(match: str, parent: int | None = None, settle: float = 3.0, timeout: float = 60) -> int:
     """SIGKILL a process whose command line has ``match`` (a child of ``parent``, if given)
     ``settle`` seconds after it appears, so that it is busy with a slice; its pid."""
@@ -146,17 +153,18 @@ def test_two_worker_processes_a_killed_worker_and_a_cycle_that_skips(ws: Workspa
     seed(ws, 200_000)
     ws.source["max_window"] = "60s"
     endpoint.start()
-    driver = ws.start("backfill", "--table", "trades", "--workers", "2", "--slice-rows", "25000", env=SLOW)
-    killed = kill_one("multiprocessing.spawn", parent=driver.pid)  # a worker process, slowed after its writes
+    driver = ws.start("backfill", "--table", "trades", "--workers", "2", "--slice-rows", "20000", env=SLOW)
+    wait_for_worker(driver.pid)  # workers start only once the driver holds the table's lock
     cycle = ws.run_once()
     assert cycle.returncode == 0, cycle.stderr
     assert "trades: skipped: another runner holds this table's lock" in cycle.stdout, cycle.stdout
+    killed = kill_one("multiprocessing.spawn", parent=driver.pid, settle=0.5)  # a worker, busy with (or held after) a slice
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, out + err
-    assert "trades: backfilled 200,000 rows in 8 slice(s) with 2 worker(s)" in out, out
+    assert "trades: backfilled 200,000 rows in 10 slice(s) with 2 worker(s)" in out, out
     assert killed not in processes("multiprocessing.spawn")
     summaries = slices_committed(ws)
-    assert len(summaries) == 8
+    assert len(summaries) == 10
     assert_in_cursor_order(summaries)
     assert_exact(ws, source=endpoint.rows, rows=200_000)
 
