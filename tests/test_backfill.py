@@ -26,6 +26,8 @@ from storage import free_port
 from test_http_source import seed
 
 SLOW = {"OFFLOADER_SLOW_AT": "after_write:2"}  # each slice held 2 s after its files are written
+# a throwaway local cluster: no auth token (one left in ~/.ray by another instance would not match), no usage stats
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def backfill(
@@ -197,7 +199,7 @@ def ray_head() -> Iterator[str]:
     port = free_port()
     ray = str(Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "ray")
     ray = ray if os.path.exists(ray) else "ray"
-    env = clean_env(**SLOW, RAY_USAGE_STATS_ENABLED="0")
+    env = clean_env(**SLOW, **RAY_ENV)
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     started = subprocess.run(
         [ray, "start", "--head", "--num-cpus", "2", "--port", str(port), "--include-dashboard=false", "--disable-usage-stats",
@@ -218,11 +220,11 @@ def test_backfill_on_ray_survives_a_killed_worker_and_a_killed_driver(ws: Worksp
     ws.source["max_window"] = "60s"
     endpoint.start()
     args = ("--ray", ray_head, "--workers", "2", "--slice-rows", "20000")
-    died = backfill(ws, *args, env={"OFFLOADER_KILL_AT": "after_commit:2"})
+    died = backfill(ws, *args, env={"OFFLOADER_KILL_AT": "after_commit:2", **RAY_ENV})
     assert died.returncode == -signal.SIGKILL, died.stdout + died.stderr
     assert len(slices_committed(ws)) == 2
 
-    driver = ws.start("backfill", "--table", "trades", *args)
+    driver = ws.start("backfill", "--table", "trades", *args, env=RAY_ENV)
     killed = kill_one("ray::write_backfill_slice")
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, out + err
