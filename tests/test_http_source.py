@@ -201,7 +201,8 @@ def test_a_run_that_fails_before_it_starts_is_in_the_history_and_status_exits_1(
 
     status = ws.cli("status", timeout=60)
     assert status.returncode == 1, status.stdout + status.stderr
-    header, row = status.stdout.splitlines()
+    header, row, replicas = status.stdout.splitlines()
+    assert replicas == "live replicas: none", status.stdout
     assert row.startswith("trades ") and " failed " in row, status.stdout
     assert f"trades: cannot connect to ClickHouse at {ws.source_dsn}: " in status.stderr, status.stderr
     assert "Traceback" not in status.stderr, status.stderr
