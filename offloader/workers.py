@@ -28,7 +28,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -93,6 +93,7 @@ class Processes:
         self._executor = self._new()
         self._running: dict[Future[Any], tuple[int, Callable[..., Any], tuple[Any, ...]]] = {}
         self._tries: dict[int, int] = {}
+        self._settled: list[tuple[int, Any]] = []  # outcomes found while submitting, for the next look
         self.lost = 0  # worker processes lost, for the report
 
     def _new(self) -> ProcessPoolExecutor:
@@ -101,19 +102,24 @@ class Processes:
 
     def submit(self, key: int, task: Callable[..., Any], *args: Any) -> None:
         self._tries[key] = self._tries.get(key, 0) + 1
-        self._running[self._executor.submit(task, *args)] = (key, task, args)
+        try:
+            future = self._executor.submit(task, *args)
+        except BrokenProcessPool:  # a worker died since the last look: rebuild, then submit to the new pool
+            self._settled += self._rebuild()
+            future = self._executor.submit(task, *args)
+        self._running[future] = (key, task, args)
 
     def next_done(self, timeout: float) -> list[tuple[int, Any]]:
+        out, self._settled = self._settled, []
         if not self._running:
-            return []
-        finished, _ = wait(list(self._running), timeout=timeout, return_when=FIRST_COMPLETED)
-        out: list[tuple[int, Any]] = []
+            return out
+        finished, _ = wait(list(self._running), timeout=0 if out else timeout, return_when=FIRST_COMPLETED)
         broken = False
         for future in finished:
             key, task, args = self._running[future]
             try:
                 value = future.result()
-            except BrokenProcessPool:
+            except (BrokenProcessPool, CancelledError):  # its worker died: the task is taken again
                 broken = True
                 continue
             except BaseException as exc:  # noqa: BLE001 - the task's own failure is its slice's outcome
