@@ -42,7 +42,6 @@ from offloader.cursor import Cursor, Window, format_time, time_key
 from offloader.errors import CommitConflictError, ConfigError, SchemaError, WindowMismatchError
 from offloader.job import TableJob, guarded, record_run
 from offloader.ports import RunRecord, Workers, WrittenFiles
-from offloader.replica_lag import replica_delay
 from offloader.results import TableResult
 from offloader.window import Windows
 
@@ -99,10 +98,6 @@ def write_slice(windows: Windows, run_id: str, piece: Slice) -> SliceFiles:
     )
 
 
-def _write_here(windows: Windows, run_id: str, piece: Slice) -> SliceFiles:
-    return write_slice(windows, run_id, piece)
-
-
 class Backfill:
     """The driver of one table's backfill: plans, dispatches, verifies and commits its slices."""
 
@@ -119,7 +114,6 @@ class Backfill:
         self.task = task  # run in a worker: (run_id, slice) -> SliceFiles; None writes in this process
         self.slice_rows = slice_rows
         table, source = job.table, job.config.source
-        self.safety_lag = table.safety_lag if table.safety_lag is not None else source.safety_lag
         self.max_window = table.max_window if table.max_window is not None else source.max_window
 
     def run(self, start: str | None = None, end: str | None = None) -> BackfillResult:
@@ -162,8 +156,7 @@ class Backfill:
         cursor = windows.committed_cursor(log)
         windows.table.prune_metadata(log)
         source = windows.source
-        delay = replica_delay(source.engine, self.job.table.source_database, self.job.table.source_table).seconds
-        hi = format_time(source.server_now() - timedelta(seconds=self.safety_lag + delay))  # as a cycle's end
+        hi = format_time(source.server_now() - timedelta(seconds=windows.lag()))  # as a cycle's end
         if end is not None and time_key(end) < time_key(hi):
             hi = end
         lo, inclusive = cursor, False
@@ -200,7 +193,7 @@ class Backfill:
 
     def _drive(self, windows: Windows, plan: Iterator[Slice], result: BackfillResult, total: int, cursor: Cursor | None) -> None:
         """Keep the workers busy, a few slices ahead; commit the returned slices in order."""
-        task = self.task or functools.partial(_write_here, windows)
+        task = self.task or functools.partial(write_slice, windows)
         planned: dict[int, Slice] = {}
         ready: dict[int, SliceFiles] = {}
         in_flight: set[int] = set()

@@ -30,7 +30,6 @@ from offloader.cursor import Cursor, Window, format_time, parse_time
 from offloader.errors import CommitConflictError
 from offloader.job import Outcome, TableJob, guarded, record_run
 from offloader.ports import RunRecord
-from offloader.replica_lag import replica_delay
 from offloader.results import TableResult
 from offloader.window import Windows
 
@@ -41,7 +40,6 @@ class Offload:
     def __init__(self, job: TableJob) -> None:
         self.job = job
         table, source = job.table, job.config.source
-        self.safety_lag = table.safety_lag if table.safety_lag is not None else source.safety_lag
         self.max_window = table.max_window if table.max_window is not None else source.max_window
         self.max_window_rows = table.max_window_rows if table.max_window_rows is not None else source.max_window_rows
 
@@ -106,7 +104,7 @@ class Offload:
         windows.table.prune_metadata(log)
         source = windows.source
         now = source.server_now()
-        lag = self.safety_lag + self._replica_delay(source.engine, log)
+        lag = windows.lag()
         hi = format_time(now - timedelta(seconds=lag))
         record.window_lo, record.window_hi = (cursor.time if cursor else None), hi
         if self.job.table.mode == "replace":
@@ -127,18 +125,6 @@ class Offload:
             done += committed.rows
             self.job.observer.progress(self.job.table, done, max(total, done))
             first = source.first_pending(cursor, hi)
-
-    def _replica_delay(self, engine: Any, log: Any) -> float:
-        """The source replica's delay, to fold into the safety lag; above ``max_replica_delay`` the table does not move."""
-        table = self.job.table
-        delay = replica_delay(engine, table.source_database, table.source_table)
-        self.job.observer.replica_delay(table, delay.seconds)
-        if delay.replicas:
-            log.info("replica_delay", seconds=delay.seconds, read=delay.read, queue_size=delay.queue_size)
-        own = table.max_replica_delay is not None
-        limit = table.max_replica_delay if table.max_replica_delay is not None else self.job.config.source.max_replica_delay
-        delay.check(table.name, limit, f"tables.{table.name}.max_replica_delay" if own else "source.max_replica_delay")
-        return delay.seconds
 
     def _count(self, result: TableResult, committed: Any) -> None:
         result.add(committed)

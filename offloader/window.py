@@ -34,6 +34,7 @@ from offloader.errors import CatalogError, CommitConflictError, CommitUnknownErr
 from offloader.faults import checkpoint, reply_lost
 from offloader.job import TableJob
 from offloader.ports import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, WindowWrite
+from offloader.replica_lag import replica_delay
 from offloader.results import WindowResult
 from offloader.source import read_ahead
 
@@ -68,6 +69,19 @@ class Windows:
             "offloader.version": __version__,
             **extra,
         }
+
+    def lag(self) -> float:
+        """Seconds a run's end stays behind the server's now(): the safety lag and the source
+        replica's delay. Above ``max_replica_delay`` the table does not move (ReplicaLagError)."""
+        table, source = self.job.table, self.job.config.source
+        delay = replica_delay(self.source.engine, table.source_database, table.source_table)
+        self.job.observer.replica_delay(table, delay.seconds)
+        if delay.replicas:
+            self.log.info("replica_delay", seconds=delay.seconds, read=delay.read, queue_size=delay.queue_size)
+        own = table.max_replica_delay is not None
+        limit = table.max_replica_delay if table.max_replica_delay is not None else source.max_replica_delay
+        delay.check(table.name, limit, f"tables.{table.name}.max_replica_delay" if own else "source.max_replica_delay")
+        return (table.safety_lag if table.safety_lag is not None else source.safety_lag) + delay.seconds
 
     def committed_cursor(self, log: Any) -> Cursor | None:
         """The cursor of the Iceberg marker, the truth: a mirror behind it is repaired, one ahead of it stops the run."""
