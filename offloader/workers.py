@@ -94,7 +94,6 @@ class Processes:
         self._running: dict[Future[Any], tuple[int, Callable[..., Any], tuple[Any, ...]]] = {}
         self._tries: dict[int, int] = {}
         self._settled: list[tuple[int, Any]] = []  # outcomes found while submitting, for the next look
-        self.lost = 0  # worker processes lost, for the report
 
     def _new(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
@@ -132,7 +131,6 @@ class Processes:
 
     def _rebuild(self) -> list[tuple[int, Any]]:
         """A worker process died: a new executor, and every task in flight submitted again."""
-        self.lost += 1
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = self._new()
         again, self._running = list(self._running.values()), {}
