@@ -176,7 +176,7 @@ def test_two_worker_processes_a_killed_worker_and_a_cycle_that_skips(ws: Workspa
 
 
 def test_a_killed_driver_resumes_from_the_committed_marker(ws: Workspace, endpoint: Endpoint) -> None:
-    """The driver SIGKILLed after its second commit: the next backfill carries on from the marker, the files it had not committed stay unreferenced, and no row is there twice."""
+    """The driver SIGKILLed after its second commit: the next backfill carries on from the marker, every file a snapshot references is on disk, and no row is there twice."""
     seed(ws, 150_000)
     ws.source["max_window"] = "60s"
     endpoint.start()
@@ -191,7 +191,9 @@ def test_a_killed_driver_resumes_from_the_committed_marker(ws: Workspace, endpoi
     table = ws.iceberg_table("cold.trades")
     live = {task.file.file_path.removeprefix("file://") for task in table.scan().plan_files()}
     written = {str(p) for p in ws.warehouse.rglob("*.parquet")}
-    assert live < written  # the files of the slices in flight when the driver died are left to orphan removal
+    # Whether the dead driver's workers had written the slices in flight depends on timing: such
+    # files, when there are any, are unreferenced and left to orphan removal; none is referenced.
+    assert live <= written, sorted(live - written)
 
 
 # -- on Ray ------------------------------------------------------------------------------
