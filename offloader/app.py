@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from offloader import backfill, clickhouse, consistency, log, maintenance, replicas, reset, workers
+from offloader import backfill, clickhouse, consistency, cuts, log, maintenance, replicas, reset, workers
 from offloader.config import Config, TableConfig
 from offloader.cursor import Cursor, parse_time
 from offloader.errors import ConfigError, OffloaderError
@@ -105,13 +105,18 @@ class App:
 
     # -- running ---------------------------------------------------------------------------
 
-    def run_table(self, table: TableConfig, observer: Observer | None = None, stop: threading.Event | None = None) -> TableResult:
-        """One run of one table, retrying transient errors with backoff (``[schedule] retry_*``)."""
+    def run_table(
+        self, table: TableConfig, observer: Observer | None = None, stop: threading.Event | None = None, cut: str | None = None
+    ) -> TableResult:
+        """One run of one table up to ``cut`` at most, retrying transient errors with backoff (``[schedule] retry_*``).
+
+        Whatever stops a run (the source down, the state store failing, a bug) is its outcome,
+        recorded in the run history all the same."""
         policy = self.config.schedule
         stop = stop or threading.Event()
         attempt = 1
         while True:
-            result = self._attempt(table, observer, stop)
+            result = Offload(self.job(table, observer=observer, stop=stop), cut).run()
             error = result.error
             if result.outcome != "failed" or error is None or not error.retryable or attempt >= policy.retry_attempts:
                 result.attempts = attempt
@@ -125,11 +130,6 @@ class App:
             if stop.wait(delay):
                 result.attempts = attempt - 1
                 return result
-
-    def _attempt(self, table: TableConfig, observer: Observer | None, stop: threading.Event) -> TableResult:
-        """One run of one table; whatever stops it (the source down, the state store failing, a bug)
-        is its outcome, recorded in the run history all the same."""
-        return Offload(self.job(table, observer=observer, stop=stop)).run()
 
     def run_cycle(
         self,
@@ -146,6 +146,8 @@ class App:
         new); otherwise it is skipped and says why. A failed table never stops its siblings.
         A table whose upstream another replica owns (``elsewhere``: table -> replica) first
         waits while that upstream is being offloaded (``replicas.wait_for_upstreams``).
+        Every table of the cycle stops at the same cut (``cuts.cycle_cut``), so that a reader
+        joining them at their snapshots of that cut sees one moment of the source.
         """
         from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
@@ -155,6 +157,7 @@ class App:
         parallel = max(1, max_parallel or self.config.schedule.max_parallel)
         results: dict[str, TableResult] = {}
         waiting = list(chosen)
+        cut = cuts.cycle_cut(self.config, chosen, lambda: self.engine, self.log)
         running: dict[Future[TableResult], TableConfig] = {}
         with ThreadPoolExecutor(parallel, thread_name_prefix="offloader-table") as pool:
             while waiting or running:
@@ -172,7 +175,7 @@ class App:
                     elif all(d in results for d in upstream) and len(running) < parallel:
                         held = {d: "another runner" for d in upstream if results[d].held_elsewhere}  # wait for it
                         waits = {**(elsewhere or {}), **held}
-                        running[pool.submit(self._run_after_upstreams, table, waits, observer, stop)] = table
+                        running[pool.submit(self._run_after_upstreams, table, waits, observer, stop, cut)] = table
                         waiting.remove(table)
                 if not running:
                     continue
@@ -184,11 +187,12 @@ class App:
         return [results[t.name] for t in chosen if t.name in results]
 
     def _run_after_upstreams(
-        self, table: TableConfig, elsewhere: Mapping[str, str], observer: Observer | None, stop: threading.Event
-    ) -> TableResult:
+        self, table: TableConfig, elsewhere: Mapping[str, str], observer: Observer | None, stop: threading.Event,
+        cut: str | None,
+    ) -> TableResult:  # fmt: skip
         wait = self.config.replica.upstream_wait
         replicas.wait_for_upstreams(self.state, table, elsewhere, wait, stop, self.log)
-        return self.run_table(table, observer, stop)
+        return self.run_table(table, observer, stop, cut)
 
     def _prune_history(self) -> None:
         """Drop run history older than ``state.history_retention``."""
@@ -268,6 +272,10 @@ class App:
         return source.ttl_headroom(Cursor.from_json(cursor) if cursor else None)
 
     # -- status ------------------------------------------------------------------------------
+
+    def cuts_as_of(self, tables: Iterable[TableConfig], moment: str) -> cuts.Cuts:
+        """Each table's snapshot at the latest consistent cut at or before ``moment``."""
+        return cuts.as_of(self.config, list(tables), self.sink, self.state, moment)
 
     def owners(self) -> dict[str, str | None]:
         """The live replica that owns each table (None for all when no replica runs)."""

@@ -218,6 +218,20 @@ class StateStore:
             ).all()
         return {row[1]: RunRecord(*row) for row in rows}
 
+    def reached(self, table: str, upto: str, limit: int = 5000) -> list[str]:
+        """The ends (``window_hi``) of the table's completed runs at or before ``upto``, newest first."""
+        from sqlalchemy import text
+
+        with self._connection("read the run history") as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT window_hi FROM offloader_runs WHERE table_name = :t AND outcome IN ('committed', 'nothing_new')"
+                    " AND window_hi IS NOT NULL AND window_hi <= :upto ORDER BY window_hi DESC LIMIT :n"
+                ),
+                {"t": table, "upto": upto, "n": limit},
+            ).all()
+        return [row[0] for row in rows]
+
     def prune_runs(self, older_than: float) -> int:
         from sqlalchemy import text
 
