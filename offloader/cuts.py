@@ -13,7 +13,7 @@ window ends at or before ``t`` then holds exactly the source rows up to ``t``. :
 finds the latest time at or before a given one at which every chosen table is exact, and
 each table's snapshot at it, with the query that reads it in ClickHouse, DuckDB, Spark and
 Trino. The run history is kept ``state.history_retention`` and snapshots
-``maintenance.snapshot_retention``: older cuts are found only from the snapshots that remain.
+``maintenance.retain``: older cuts are found only from the snapshots that remain.
 """
 
 from __future__ import annotations
