@@ -25,7 +25,6 @@ from typing import Any
 
 from offloader.config import Config, TableConfig
 from offloader.cursor import format_time, parse_time
-from offloader.errors import OffloaderError
 from offloader.ports import CutPoint, Engine, Sink, StateStore
 from offloader.source import server_now
 
@@ -33,16 +32,16 @@ from offloader.source import server_now
 def cycle_cut(config: Config, tables: Sequence[TableConfig], engine: Callable[[], Engine], log: Any) -> str | None:
     """The cut of a cycle over ``tables``: the server's now() minus their largest safety lag.
 
-    None when the source cannot be asked; each table then takes its own bound and says
-    what failed in its own outcome.
+    None when the source cannot be asked (whatever the failure); each table then meets
+    the same failure in its own run, and its outcome says what failed.
     """
     if not tables:
         return None
     lag = max(t.safety_lag if t.safety_lag is not None else config.source.safety_lag for t in tables)
     try:
         return format_time(server_now(engine()) - timedelta(seconds=lag))
-    except OffloaderError as exc:
-        log.warning("cycle_cut_unknown", error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - whatever it is, each table meets it again and its outcome says so
+        log.warning("cycle_cut_unknown", error_type=type(exc).__name__, error=str(exc).splitlines()[0] if str(exc) else "")
         return None
 
 
