@@ -49,6 +49,7 @@ class TableStatus:
     ttl_risk: bool = False
     unreadable: list[str] = field(default_factory=list)  # the parts that could not be read: catalog, source
     owner: str | None = None  # the live replica that owns the table (replicas.py); None with no replica live
+    iceberg_files: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -294,19 +295,19 @@ class App:
         for table in tables if tables is not None else self.config.ordered_tables():
             problems, unreadable = [], []
             cursor = mirrors[table.name].cursor if table.name in mirrors else None
-            rows = snapshot = None
+            rows = snapshot = files = None
             copied_to = None  # the time up to which Iceberg holds the source's rows
             try:
                 sink_table = self.sink.load(table, writable=False)
                 if sink_table is not None:
                     marker = sink_table.marker()
-                    rows = sink_table.row_count()
+                    rows, files = sink_table.row_count(), sink_table.file_count()
                     snapshot = marker.snapshot_id if marker else None
                     cursor = marker.cursor if marker else cursor
                     if marker is not None and table.mode == "replace":
                         copied_to = marker.window_hi
                 else:
-                    rows = 0
+                    rows = files = 0
             except OffloaderError as exc:
                 problems.append(str(exc).splitlines()[0])
                 unreadable.append("catalog")
@@ -345,6 +346,7 @@ class App:
                     source_newest=newest,
                     lag_seconds=lag,
                     iceberg_rows=rows,
+                    iceberg_files=files,
                     snapshot_id=snapshot,
                     last_run=None
                     if run is None

@@ -381,6 +381,12 @@ class SinkTable:
             return 0
         return int(snapshot.summary.additional_properties.get("total-records", "0"))
 
+    def file_count(self) -> int:
+        snapshot = self.table.current_snapshot()
+        if snapshot is None or snapshot.summary is None:
+            return 0
+        return int(snapshot.summary.additional_properties.get("total-data-files", "0"))
+
     # -- writing -------------------------------------------------------------------------
 
     def begin(self, plans: list[ColumnPlan] | None = None) -> WindowWrite:
