@@ -75,10 +75,31 @@ def readiness(service: Service) -> list[str]:
     return failing
 
 
+GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+"""A client that hung up (or never finished its request): not an error of the service."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # a burst of scrapes waits in the backlog instead of being refused
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Errors outside a route (reading the request line, a client gone): one line, never a traceback on stderr."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        log = structlog.get_logger("offloader")
+        if isinstance(exc, GONE):
+            log.debug("http_client_gone", error_type=type(exc).__name__)
+        else:
+            log.warning("http_request_failed", error_type=type(exc).__name__, error=str(exc))
+
+
 class _Handler(BaseHTTPRequestHandler):
     service: Service
     server_version = "offloader"
     sys_version = ""
+    timeout = 15  # a connection that sends no request in this long is closed
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         path = self.path.split("?", 1)[0]
@@ -95,9 +116,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             route()
+        except GONE as exc:
+            structlog.get_logger("offloader").debug("http_client_gone", path=path, error_type=type(exc).__name__)
         except Exception:
             structlog.get_logger("offloader").exception("http_handler_failed", path=path)
-            self._send(500, "text/plain; charset=utf-8", b"internal error\n")
+            try:
+                self._send(500, "text/plain; charset=utf-8", b"internal error\n")
+            except GONE:
+                pass
 
     def _metrics(self) -> None:
         self._send(200, *self.service.metrics.exposition())
@@ -151,8 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
 def serve(service: Service, host: str, port: int) -> tuple[ThreadingHTTPServer, threading.Thread]:
     """Start the endpoints in a daemon thread; returns the server (its real port in server_address)."""
     handler = type("Handler", (_Handler,), {"service": service})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    server = _Server((host, port), handler)
     thread = threading.Thread(target=server.serve_forever, name="offloader-http", daemon=True)
     thread.start()
     structlog.get_logger("offloader").info("http_listening", host=host, port=server.server_address[1])
