@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from offloader.cursor import parse_time
-from offloader.errors import EXIT_FAILED, EXIT_OK, ConfigError
+from offloader.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 ENGINES = ("clickhouse", "duckdb", "spark", "trino")
 
@@ -26,7 +26,7 @@ def run(app: Any, args: argparse.Namespace) -> int:
     try:
         parse_time(args.as_of)
     except ValueError:
-        raise ConfigError(f"--as-of {args.as_of!r} is not a time: use YYYY-MM-DD hh:mm:ss[.ffffff] (UTC)") from None
+        raise UsageError(f"--as-of {args.as_of!r} is not a time: use YYYY-MM-DD hh:mm:ss[.ffffff] (UTC)") from None
     tables = [app.config.table(name) for name in args.table] if args.table else app.config.ordered_tables()
     cuts = app.cuts_as_of(tables, args.as_of)
     if args.json:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from offloader.errors import ConfigError
+from offloader.errors import ConfigError, UsageError
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -283,11 +283,12 @@ class Config:
     data_dir: Path | None = None
     origin: str = "embedded default"
 
-    def table(self, name: str) -> TableConfig:
+    def table(self, name: str, argument: str = "--table") -> TableConfig:
+        """The table named ``name`` on the command line (``argument`` names where it was given)."""
         for table in self.tables:
             if table.name == name:
                 return table
-        raise ConfigError(f"--table: unknown table {name!r}; configured: {', '.join(t.name for t in self.tables)}")
+        raise UsageError(f"{argument}: unknown table {name!r}; configured: {', '.join(t.name for t in self.tables)}")
 
     def ordered_tables(self) -> list[TableConfig]:
         """Tables in dependency order: every table after all of its upstreams."""

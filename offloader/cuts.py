@@ -41,7 +41,7 @@ def cycle_cut(config: Config, tables: Sequence[TableConfig], engine: Callable[[]
     try:
         return format_time(server_now(engine()) - timedelta(seconds=lag))
     except Exception as exc:  # noqa: BLE001 - whatever it is, each table meets it again and its outcome says so
-        log.warning("cycle_cut_unknown", error_type=type(exc).__name__, error=str(exc).splitlines()[0] if str(exc) else "")
+        log.debug("cycle_cut_unknown", error_type=type(exc).__name__, error=str(exc).splitlines()[0] if str(exc) else "")
         return None
 
 
