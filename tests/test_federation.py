@@ -1,0 +1,133 @@
+"""The federated view ``<source>_all`` (offloader/federation.py), over HTTP as in production.
+
+The source is a ClickHouse HTTP endpoint served from chDB (tests/chhttp.py); the views are
+created on it by offloader and read through it by the test. Every comparison of the view
+with the source runs inside ONE query, at a moment when no row is arriving (the test itself
+inserts, between its reads), so "the source at that moment" is exact while the offloader
+commits and replaces the view concurrently.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from typing import Any
+
+from endpoint import Endpoint, seed
+from helpers import Workspace
+
+KEY = "toUnixTimestamp64Micro(ingestion_timestamp), sequence_number"
+ROW = (
+    "toString(exchange_timestamp), toString(ingestion_timestamp), sequence_number, symbol, toString(side), "
+    "toString(price), toString(quantity)"
+)
+# one query: rows of the view, rows of the source, keys whose count differs between the two
+COMPARE = f"""
+SELECT
+  (SELECT count() FROM k2.trades_all),
+  (SELECT count() FROM k2.trades),
+  (SELECT count() FROM (
+      SELECT k, sum(s) AS d FROM (
+          SELECT ({KEY}) AS k, 1 AS s FROM k2.trades_all
+          UNION ALL SELECT ({KEY}) AS k, -1 AS s FROM k2.trades)
+      GROUP BY k HAVING d != 0))
+"""
+
+
+def federated(ws: Workspace, rows: int, **source: Any) -> None:
+    """k2.trades with ``rows`` rows, offloaded with [federate] on, windows of ``max_window_rows``."""
+    seed(ws, rows)
+    ws.federate = {"enabled": True}
+    ws.source = {"safety_lag": "0s", "max_window": "1h", **source}
+
+
+def insert(endpoint: Endpoint, n: int, first_seq: int) -> None:
+    """``n`` trades with sequence numbers from ``first_seq``, one millisecond apart after the seeded ones."""
+    endpoint.client().command(
+        f"INSERT INTO k2.trades SELECT toDateTime64('2026-01-01 00:00:00', 3, 'UTC') + toIntervalMillisecond(s), "
+        f"toDateTime64('2026-01-01 00:00:00', 6, 'UTC') + toIntervalMillisecond(s), s, "
+        f"['BTC-USDT', 'ETH-USDT'][s % 2 + 1], if(s % 2 = 0, 'buy', 'sell'), toDecimal64(30000 + s / 7, 8), "
+        f"toDecimal64((s % 97 + 1) / 1000, 8) FROM (SELECT {int(first_seq)} + number AS s FROM numbers({int(n)}))"
+    )
+
+
+def assert_view_exact(endpoint: Endpoint) -> int:
+    """The view holds exactly the source's rows, counted by key in one query; the number of rows."""
+    ((view, source, differing),) = endpoint.rows(COMPARE)
+    assert differing == 0 and view == source, f"view {view} rows, source {source}, {differing} keys differ"
+    return int(source)
+
+
+def pinned(endpoint: Endpoint) -> str | None:
+    """The metadata file the view reads Iceberg at (None: the hot rows alone)."""
+    ((ddl,),) = endpoint.rows("SELECT create_table_query FROM system.tables WHERE database = 'k2' AND name = 'trades_all'")
+    if "iceberg_metadata_file_path" not in ddl:
+        return None
+    return str(ddl.split("iceberg_metadata_file_path = ")[1].split("'")[1])
+
+
+def current_metadata(ws: Workspace) -> str:
+    return "metadata/" + str(ws.iceberg_table("cold.trades").metadata_location).rsplit("/metadata/", 1)[1]
+
+
+def test_view_counts_every_row_once_while_cycles_commit(ws: Workspace, endpoint: Endpoint) -> None:
+    """While the service commits windows and replaces the view, every read of the view, between arrivals, equals the source by key; the view has the source's columns and types."""
+    federated(ws, 2000, max_window_rows=300)
+    ws.schedule = {"interval": "1s", "retry_attempts": 1}
+    ws.server = {"enabled": False}
+    endpoint.start()
+    service = ws.start("run")
+    rng = random.Random(20261207)
+    pins, reads, seq = set(), 0, 2000
+    try:
+        deadline = time.monotonic() + 60
+        while len(pins) < 4 or reads < 20:
+            assert time.monotonic() < deadline, f"the view moved to {len(pins)} snapshots in {reads} reads"
+            assert service.poll() is None, "the service exited"
+            if rng.random() < 0.3:
+                count = rng.randint(1, 400)
+                insert(endpoint, count, seq)
+                seq += count
+                continue
+            if endpoint.rows("SELECT count() FROM system.tables WHERE database = 'k2' AND name = 'trades_all'")[0][0]:
+                assert_view_exact(endpoint)
+                reads += 1
+                pins.add(pinned(endpoint))
+            time.sleep(rng.random() * 0.2)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=90)
+    assert None not in pins or len(pins) > 4  # the Iceberg side was read, at several cuts
+    columns = "SELECT name, type FROM system.columns WHERE database = 'k2' AND table = {} ORDER BY position"
+    assert endpoint.rows(columns.format("'trades_all'")) == endpoint.rows(columns.format("'trades'"))
+
+
+def test_view_keeps_rows_the_ttl_deleted(ws: Workspace, endpoint: Endpoint) -> None:
+    """After a TTL-like DELETE of the hot rows already offloaded, the view still returns every one of them, every column unchanged, from Iceberg."""
+    federated(ws, 1500, max_window_rows=600)
+    endpoint.start()
+    assert ws.run_once().returncode == 0
+    insert(endpoint, 300, 1500)  # rows not offloaded yet: the hot side
+    expected = sorted(endpoint.rows(f"SELECT {ROW} FROM k2.trades"))
+    assert sorted(endpoint.rows(f"SELECT {ROW} FROM k2.trades_all")) == expected
+    endpoint.client().command("DELETE FROM k2.trades WHERE sequence_number < 1500")
+    assert endpoint.rows("SELECT count() FROM k2.trades") == [(300,)]
+    assert sorted(endpoint.rows(f"SELECT {ROW} FROM k2.trades_all")) == expected
+
+
+def test_kill_between_commit_and_view_replacement(ws: Workspace, endpoint: Endpoint) -> None:
+    """Killed after a commit but before the view is replaced, the view is still exact at its old cut; the next run brings it to the new snapshot."""
+    federated(ws, 1000, max_window_rows=400)
+    endpoint.start()
+    assert ws.run_once().returncode == 0
+    before = pinned(endpoint)
+    assert before == current_metadata(ws)
+    insert(endpoint, 1000, 1000)
+    killed = ws.run_once(kill_at="after_state")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert pinned(endpoint) == before != current_metadata(ws)  # the commit landed; the view did not follow
+    assert assert_view_exact(endpoint) == 2000
+    assert ws.run_once().returncode == 0
+    assert pinned(endpoint) == current_metadata(ws)
+    assert assert_view_exact(endpoint) == 2000
