@@ -12,11 +12,18 @@ from __future__ import annotations
 import random
 import signal
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+import structlog
 from endpoint import Endpoint, seed
-from helpers import Workspace
+from helpers import BARS_KEY, Workspace, assert_exact, bars_table, create_bars, events, trades_table
+from prometheus_client import CollectorRegistry
+
+from offloader.cursor import format_time
+from offloader.metrics import Metrics
 
 KEY = "toUnixTimestamp64Micro(ingestion_timestamp), sequence_number"
 ROW = (
@@ -142,3 +149,50 @@ def test_kill_between_commit_and_view_replacement(ws: Workspace, endpoint: Endpo
     assert rerun.returncode == 0 and "nothing new" in rerun.stdout + rerun.stderr, rerun.stdout + rerun.stderr
     assert pinned(endpoint) == current_metadata(ws)
     assert assert_view_exact(endpoint) == 1300
+
+
+def test_view_failure_keeps_the_commit_and_is_retried(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A view replacement that fails (its database is missing) is logged and counted, the window is committed all the same, and the next run, with nothing new, creates the view."""
+    monkeypatch.chdir(ws.root)  # chDB's icebergLocal reads under the current directory only
+    ws.tables = [trades_table()]
+    ws.create_trades()
+    ws.insert_trades(1000)
+    ws.federate = {"enabled": True, "database": "views"}
+    app = ws.app()
+    metrics = Metrics(CollectorRegistry())
+    failures = {"table": "trades"}
+    with structlog.testing.capture_logs() as logs:
+        (first,) = app.run_cycle(observer=metrics)
+    assert first.outcome == "committed", first.reason
+    assert_exact(ws, rows=1000)
+    assert events(logs, "federate_view_failed")[0]["view"] == "`views`.`trades_all`"
+    assert metrics.registry.get_sample_value("offloader_federate_view_failures_total", failures) >= 1
+    assert metrics.registry.get_sample_value("offloader_federate_view_stale", failures) == 1
+    ws.engine.command("CREATE DATABASE views")
+    (second,) = app.run_cycle(observer=metrics)
+    assert second.outcome == "nothing_new"
+    assert metrics.registry.get_sample_value("offloader_federate_view_stale", failures) == 0
+    compare = COMPARE.replace("k2.trades_all", "views.trades_all")
+    ((view, source, differing),) = ws.engine.rows(compare)
+    assert (view, source, differing) == (1000, 1000, 0)
+    app.close()
+
+
+def test_replace_mode_view_cuts_at_the_frozen_cursor(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replace-mode table's view takes bars up to the frozen cursor from Iceberg and the later ones, still changing, from the source: a bar that changed after the run shows its new value, once."""
+    monkeypatch.chdir(ws.root)
+    create_bars(ws)
+    ws.tables = [bars_table()]
+    ws.federate = {"enabled": True}
+    start = format_time(datetime.now(UTC) - timedelta(minutes=5, seconds=5))
+    ws.insert_trades(600, start=start, step_us=500_000)  # one trade every half second up to a few seconds ago
+    assert ws.run_once().returncode == 0
+    ddl = ws.engine.rows("SELECT create_table_query FROM system.tables WHERE database = 'k2' AND name = 'bars_all'")[0][0]
+    assert "icebergLocal" in ddl
+    ((newest,),) = ws.iceberg_local("cold.bars", "toString(max(window_start))")  # after the frozen cursor
+    ws.insert_trades(5, start=newest, first_seq=10_000)  # the newest bar changes in the source
+    query = f"SELECT {BARS_KEY} FROM k2.{{}}"
+    view, source = sorted(ws.engine.rows(query.format("bars_all"))), sorted(ws.engine.rows(query.format("bars")))
+    assert view == source
+    cold = ws.iceberg_local("cold.bars", BARS_KEY)
+    assert set(cold) - set(source)  # Iceberg still holds the newest bar as it was: the view did not take it
