@@ -196,3 +196,19 @@ def test_replace_mode_view_cuts_at_the_frozen_cursor(ws: Workspace, monkeypatch:
     assert view == source
     cold = ws.iceberg_local("cold.bars", BARS_KEY)
     assert set(cold) - set(source)  # Iceberg still holds the newest bar as it was: the view did not take it
+
+
+@pytest.mark.parametrize("storage", ["s3-sql", "s3-rest"], indirect=True)
+def test_view_reads_s3_through_a_named_collection(ws: Workspace, endpoint: Endpoint) -> None:
+    """With the tables in S3 (SQL and REST catalogs) the view reads Iceberg with icebergS3 and a named collection: its DDL holds no secret, and it returns the rows a TTL-like delete removed from the source."""
+    federated(ws, 1000, max_window_rows=600)
+    ws.federate = {"enabled": True, "named_collection": "cold_s3"}
+    endpoint.start()
+    secret = ws.storage.seaweed.secret_key
+    endpoint.client().command(f"CREATE NAMED COLLECTION cold_s3 AS access_key_id = 'offloader', secret_access_key = '{secret}'")
+    assert ws.run_once().returncode == 0
+    ((ddl,),) = endpoint.rows("SELECT create_table_query FROM system.tables WHERE database = 'k2' AND name = 'trades_all'")
+    assert "icebergS3(cold_s3" in ddl and secret not in ddl
+    expected = sorted(endpoint.rows(f"SELECT {ROW} FROM k2.trades"))
+    endpoint.client().command("DELETE FROM k2.trades WHERE sequence_number < 600")
+    assert sorted(endpoint.rows(f"SELECT {ROW} FROM k2.trades_all")) == expected
