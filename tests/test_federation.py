@@ -212,3 +212,50 @@ def test_view_reads_s3_through_a_named_collection(ws: Workspace, endpoint: Endpo
     expected = sorted(endpoint.rows(f"SELECT {ROW} FROM k2.trades"))
     endpoint.client().command("DELETE FROM k2.trades WHERE sequence_number < 600")
     assert sorted(endpoint.rows(f"SELECT {ROW} FROM k2.trades_all")) == expected
+
+
+def test_federate_command_prints_and_applies(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`offloader federate` prints each view's DDL and creates nothing; `--apply --database` creates an exact view there; a malformed --database is a usage error naming the flag."""
+    monkeypatch.chdir(ws.root)
+    ws.tables = [trades_table()]
+    ws.create_trades()
+    ws.insert_trades(500)
+    ws.engine.command("CREATE DATABASE views")
+    assert ws.run_once().returncode == 0  # [federate] is off: no view is kept
+    printed = ws.cli("federate")
+    assert printed.returncode == 0, printed.stderr
+    assert "CREATE OR REPLACE VIEW `k2`.`trades_all` AS" in printed.stdout and "icebergLocal(" in printed.stdout
+    views = "SELECT database, name FROM system.tables WHERE name = 'trades_all'"
+    assert ws.engine.rows(views) == []
+    applied = ws.cli("federate", "--apply", "--database", "views")
+    assert applied.returncode == 0 and "view `views`.`trades_all` replaced" in applied.stdout, applied.stderr
+    assert ws.engine.rows(views) == [("views", "trades_all")]
+    assert ws.engine.rows(COMPARE.replace("k2.trades_all", "views.trades_all")) == [(500, 500, 0)]
+    bad = ws.cli("federate", "--database", "no such")
+    assert bad.returncode == 2 and "--database 'no such'" in bad.stderr, bad.stderr
+
+
+def test_compaction_moves_the_view_to_its_snapshot(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Maintenance replaces the view after compacting, so the view no longer reads the files compaction replaced; it stays exact."""
+    monkeypatch.chdir(ws.root)
+    ws.tables = [trades_table(partition_by=["day(ingestion_timestamp)"])]
+    ws.federate = {"enabled": True}
+    ws.create_trades()
+    app = ws.app()
+    for day, part in ((1, 0), (1, 1), (1, 2), (2, 0)):  # three small files on a closed day
+        ws.insert_trades(200, start=f"2026-01-0{day} {part * 5:02d}:00:00", first_seq=day * 1000 + part * 200)
+        assert app.run_cycle()[0].outcome == "committed"
+    before = pinned_in(ws)
+    (compacted,) = app.maintain(actions=("compact",))
+    assert compacted.outcome == "ok" and compacted.files_removed == 3, compacted.detail
+    app.close()
+    current = current_metadata(ws)
+    assert pinned_in(ws) == current != before
+    assert ws.iceberg_table("cold.trades").current_snapshot().summary.additional_properties["offloader.operation"] == "compact"
+    assert ws.engine.rows(COMPARE) == [(800, 800, 0)]
+
+
+def pinned_in(ws: Workspace) -> str:
+    """The metadata file the view of k2.trades reads, through the test's own chDB handle."""
+    ((ddl,),) = ws.engine.rows("SELECT create_table_query FROM system.tables WHERE database = 'k2' AND name = 'trades_all'")
+    return str(ddl.split("iceberg_metadata_file_path = ")[1].split("'")[1])
