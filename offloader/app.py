@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from offloader import backfill, clickhouse, consistency, cuts, log, maintenance, replicas, reset, workers
+from offloader import backfill, clickhouse, consistency, cuts, federation, log, maintenance, replicas, reset, workers
 from offloader.config import Config, TableConfig
 from offloader.cursor import Cursor, parse_time
 from offloader.errors import ConfigError, OffloaderError
@@ -77,6 +77,7 @@ class App:
         self.state = StateStore(config.state)
         self.state.migrate()
         self.sink = Sink(config.catalog)
+        self.federation = federation.Federation(config)
         self._engine = engine
         self._owns_engine = engine is None
         self._engine_lock = threading.Lock()
@@ -99,9 +100,11 @@ class App:
         clock: Callable[[], float] = time.time,
     ) -> TableJob:  # fmt: skip
         """What one operation on ``table`` needs, wired from this app's adapters."""
+        views = self.federation
         return TableJob(
             table, self.config, lambda: self.engine, self.sink, self.state, clickhouse.local_arrow_rows,
             observer=observer or Observer(), stop=stop or threading.Event(), clock=clock,
+            after_commit=(lambda j, s: views.after_commit(j.table, j.engine, s, j.observer, j.log)) if views.enabled else None,
         )  # fmt: skip
 
     # -- running ---------------------------------------------------------------------------

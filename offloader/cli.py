@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from offloader import __version__, cli_backfill, cli_demo, cli_report, cli_snapshots, footprint, log
+from offloader import __version__, cli_backfill, cli_demo, cli_federate, cli_report, cli_snapshots, footprint, log
 from offloader.config import Config, TableConfig
 from offloader.config_loader import load_config
 from offloader.errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ConfigError, OffloaderError
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_backfill.add_parser(sub)
     cli_snapshots.add_parser(sub)
+    cli_federate.add_parser(sub)
 
     status = sub.add_parser("status", help="cursor, lag, rows in Iceberg and last run of every table")
     status.add_argument("--json", action="store_true", help="print JSON")
@@ -151,6 +152,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             return cli_backfill.run(app, args, _Progress(sys.stderr.isatty()), _stop_on_signals())
         if args.command == "snapshots":
             return cli_snapshots.run(app, args)
+        if args.command == "federate":
+            return cli_federate.run(app, args)
         if args.command == "status":
             return cli_report.status(app, args.json)
         if args.command == "history":

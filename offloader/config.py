@@ -269,6 +269,17 @@ class ReplicaConfig:
 
 
 @dataclass(frozen=True)
+class FederateConfig:
+    """``[federate]``: a ClickHouse view per table over warm and cold rows (offloader/federation.py)."""
+
+    enabled: bool = False
+    database: str | None = None  # where the views go; default: each source table's database
+    warehouse_path: str | None = None  # a local warehouse as ClickHouse sees it; default: catalog.warehouse
+    s3_endpoint: str | None = None  # an S3 warehouse's endpoint as ClickHouse reaches it; default: catalog.s3.endpoint
+    named_collection: str | None = None  # the ClickHouse named collection holding the S3 credentials
+
+
+@dataclass(frozen=True)
 class Config:
     source: SourceConfig
     catalog: CatalogConfig
@@ -280,6 +291,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
     replica: ReplicaConfig = field(default_factory=ReplicaConfig)
+    federate: FederateConfig = FederateConfig()
     data_dir: Path | None = None
     origin: str = "embedded default"
 

@@ -142,6 +142,12 @@ class Metrics(Observer):
             ["table"],
             registry=r,
         )
+        self.view_failures = Counter(
+            "offloader_federate_view_failures", "Failed replacements of a table's federated view.", ["table"], registry=r
+        )
+        self.view_stale = Gauge(
+            "offloader_federate_view_stale", "1 while the last replacement of the federated view failed.", ["table"], registry=r
+        )
 
     def exposition(self) -> tuple[str, bytes]:
         """The content type and body of ``/metrics``: every metric in the text format."""
@@ -175,6 +181,13 @@ class Metrics(Observer):
 
     def held_elsewhere(self, table: TableConfig) -> None:
         self.held_elsewhere_runs.labels(table=table.name).inc()
+
+    def view_replaced(self, table: TableConfig) -> None:
+        self.view_stale.labels(table=table.name).set(0)
+
+    def view_failed(self, table: TableConfig) -> None:
+        self.view_failures.labels(table=table.name).inc()
+        self.view_stale.labels(table=table.name).set(1)
 
     # -- replicas ----------------------------------------------------------------------------
 

@@ -89,6 +89,7 @@ class Offload:
             for attempt in range(1, attempts + 1):
                 try:
                     self._offload(windows, result, record, log)
+                    self.job.committed(windows.table)  # a view left behind (a kill, a failure) comes forward
                     result.outcome = "committed" if result.windows else "nothing_new"
                     return
                 except CommitConflictError as exc:

@@ -200,6 +200,7 @@ class Windows:
         t = self.job.table
         self.job.state.set_mirror(t.name, t.target, cursor, snapshot_id, self.run_id)
         checkpoint("after_state")
+        self.job.committed(tx.owner)
         done = WindowResult(tx.written.rows, tx.written.bytes, len(tx.written.files), snapshot_id, cursor)
         self.log.info(
             "offload_committed", rows=done.rows, files=done.files, bytes=done.bytes,
