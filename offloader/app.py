@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from offloader import backfill, clickhouse, consistency, cuts, federation, log, maintenance, replicas, reset, workers
-from offloader.config import Config, TableConfig
+from offloader.config import Config, TableConfig, format_duration
 from offloader.cursor import Cursor, parse_time
 from offloader.errors import ConfigError, OffloaderError
 from offloader.iceberg import Sink
@@ -174,7 +174,7 @@ class App:
                         self.log.warning("table_skipped", table=table.name, reason=reason)
                         waiting.remove(table)
                     elif stop.is_set():
-                        results[table.name] = TableResult(table.name, "", "skipped", reason="the service is stopping")
+                        results[table.name] = TableResult(table.name, "", "not_started", reason="the service is stopping")
                         waiting.remove(table)
                     elif all(d in results for d in upstream) and len(running) < parallel:
                         held = {d: "another runner" for d in upstream if results[d].held_elsewhere}  # wait for it
@@ -306,11 +306,11 @@ class App:
                     marker = sink_table.marker()
                     rows, files = sink_table.row_count(), sink_table.file_count()
                     snapshot = marker.snapshot_id if marker else None
-                    cursor = marker.cursor if marker else cursor
+                    cursor = marker.cursor if marker else None  # Iceberg is the truth: a mirror ahead of it is not progress
                     if marker is not None and table.mode == "replace":
                         copied_to = marker.window_hi
                 else:
-                    rows = files = 0
+                    rows, files, cursor = 0, 0, None
             except OffloaderError as exc:
                 problems.append(str(exc).splitlines()[0])
                 unreadable.append("catalog")
@@ -334,10 +334,10 @@ class App:
                 if "source" not in unreadable:
                     unreadable.append("source")
             risk = headroom is not None and headroom < self.config.maintenance.ttl_margin
-            if risk:
+            if risk and headroom is not None:
                 problems.append(
-                    f"TTL risk: the oldest row not offloaded yet is deleted by the source TTL in {headroom:.0f}s "
-                    f"(margin maintenance.ttl_margin = {self.config.maintenance.ttl_margin:.0f}s)"
+                    f"TTL risk: the oldest row not offloaded yet is deleted by the source TTL in {format_duration(headroom)} "
+                    f"(margin maintenance.ttl_margin = {format_duration(self.config.maintenance.ttl_margin)})"
                 )
             run = runs.get(table.name)
             out.append(

@@ -39,37 +39,61 @@ class _Progress(Observer):
         log.show_progress(f"  {table.name}: {done:,}/{total:,} rows ({pct:5.1f}%)", sys.stderr, done=done >= total)
 
 
+EXAMPLES = {
+    "once": "offloader once --table bronze_trades_binance",
+    "backfill": 'offloader backfill --table silver_trades --from "2025-01-01 00:00:00" --workers 2',
+    "snapshots": 'offloader snapshots --as-of "2026-12-07 10:15:00" --json',
+    "federate": "offloader federate --table bronze_trades_binance --apply",
+    "status": "offloader status --table silver_trades",
+    "history": "offloader history --table silver_trades --limit 50",
+    "run": "offloader --config /etc/offloader/offloader.toml run",
+    "maintain": "offloader maintain --table silver_trades --dry-run",
+    "check": "offloader check --since 7d --repair",
+    "reset": 'offloader reset --table silver_trades --to "2026-11-20 00:00:00" --yes',
+    "audit": "offloader audit --action compact --limit 10",
+    "demo": "offloader demo seed --rows 1000000",
+    "mirror": "offloader mirror reset --table silver_trades",
+}
+
+
+def positive(text: str) -> int:
+    """An argument that must be a whole number of at least 1 (``--limit``)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="offloader", description="Offload ClickHouse tables into Apache Iceberg, exactly once.")
-    parser.add_argument("--config", help="TOML config file (default: $OFFLOADER_CONFIG, else the embedded default)")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override logging.level")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     parser.add_argument("--version", action="version", version=f"offloader {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     once = sub.add_parser("once", help="run one cycle of every table (or of one table)")
-    once.add_argument("--table", help="only this table")
+    once.add_argument("--table", help="only this table (default: every table, in dependency order)")
 
     cli_backfill.add_parser(sub)
     cli_snapshots.add_parser(sub)
     cli_federate.add_parser(sub)
 
     status = sub.add_parser("status", help="cursor, lag, rows in Iceberg and last run of every table")
+    status.add_argument("--table", help="only this table (default: every table)")
     status.add_argument("--json", action="store_true", help="print JSON")
 
-    history = sub.add_parser("history", help="the run history")
-    history.add_argument("--table")
-    history.add_argument("--limit", type=int, default=20)
+    history = sub.add_parser("history", help="the run history, newest first")
+    history.add_argument("--table", help="only this table's runs (default: every table)")
+    history.add_argument("--limit", type=positive, default=20, help="at most this many runs")
 
-    sub.add_parser("run", help="the long-running service: scheduled cycles, /metrics, /healthz, /readyz, /status")
+    sub.add_parser("run", help="the long-running service: scheduled cycles, the page at /, /metrics, /healthz, /readyz, /status")
 
     maintain = sub.add_parser("maintain", help="compact small files, expire old snapshots, remove orphan files")
-    maintain.add_argument("--table", help="only this table")
-    maintain.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
+    maintain.add_argument("--table", help="only this table (default: every table)")
+    maintain.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing, record nothing")
 
     check = sub.add_parser("check", help="compare ClickHouse and Iceberg per time bucket; exit 1 when a bucket differs")
-    check.add_argument("--table", help="only this table")
-    check.add_argument("--since", help='start of the compared range: a UTC time ("2026-11-01 00:00:00") or an age ("7d")')
+    check.add_argument("--table", help="only this table (default: every table)")
+    check.add_argument(
+        "--since", help='start of the compared range: a UTC time ("2026-11-01 00:00:00") or an age ("7d"); default: all'
+    )
     check.add_argument("--repair", action="store_true", help="re-offload every differing bucket, one commit per bucket")
 
     rewind = sub.add_parser("reset", help="move a table's cursor back: delete its Iceberg rows after a time")
@@ -78,26 +102,49 @@ def _parser() -> argparse.ArgumentParser:
     rewind.add_argument("--to", required=True, help='the UTC time to go back to, e.g. "2026-11-20 00:00:00"')
     rewind.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed when not on a terminal)")
 
-    audit = sub.add_parser("audit", help="the maintenance audit log")
-    audit.add_argument("--table")
-    audit.add_argument("--action", choices=AUDITED_ACTIONS)
-    audit.add_argument("--limit", type=int, default=20)
+    audit = sub.add_parser("audit", help="the maintenance audit log, newest first")
+    audit.add_argument("--table", help="only this table's entries (default: every table)")
+    audit.add_argument("--action", choices=AUDITED_ACTIONS, help="only this action (default: every action)")
+    audit.add_argument("--limit", type=positive, default=20, help="at most this many entries")
 
     demo = sub.add_parser("demo", help="the embedded market-data demo")
     demo_sub = demo.add_subparsers(dest="demo_command", required=True, metavar="DEMO_COMMAND")
     seed = demo_sub.add_parser("seed", help="fill the embedded source with market data")
-    seed.add_argument("--rows", type=int, default=1_000_000, help="bronze trade rows to add (default 1,000,000)")
+    seed.add_argument("--rows", type=int, default=1_000_000, help="bronze trade rows to add")
     seed.add_argument("--hours", type=float, default=6.0, help="hours of history the rows span, ending now")
     live = demo_sub.add_parser("run", help="seed if empty, keep a live trade feed going, and run the service")
     live.add_argument("--rows", type=int, default=200_000, help="rows to seed when the source is empty")
-    live.add_argument("--interval", default="5s", help='seconds between cycles (default "5s")')
+    live.add_argument("--interval", default="5s", help="time between cycles")
     live.add_argument("--feed-rows", type=int, default=200, help="trades added every second by the live feed")
 
     mirror = sub.add_parser("mirror", help="the state mirror of the Iceberg cursors")
     mirror_sub = mirror.add_subparsers(dest="mirror_command", required=True, metavar="MIRROR_COMMAND")
     reset = mirror_sub.add_parser("reset", help="forget a table's mirror; the next run rebuilds it from Iceberg")
-    reset.add_argument("--table", required=True)
+    reset.add_argument("--table", required=True, help="the table whose mirror is forgotten")
+    _everywhere(parser, top=True)
     return parser
+
+
+def _everywhere(parser: argparse.ArgumentParser, top: bool = False, name: str = "") -> None:
+    """The global options on every (sub)command, before or after it; defaults in every help;
+    each command's description and example."""
+    default = None if top else argparse.SUPPRESS  # a subcommand's own copy never hides the top one
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.add_argument(
+        "--config", default=default, help="TOML config file (default: $OFFLOADER_CONFIG, else the embedded default)"
+    )
+    parser.add_argument(
+        "--log-level", default=default, choices=["debug", "info", "warning", "error"], help="override logging.level"
+    )
+    parser.add_argument("--debug", default=default, action="store_true", help="show tracebacks of internal errors")
+    if name in EXAMPLES:
+        parser.epilog = f"example: {EXAMPLES[name]}"
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps its subcommands here only
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for child_name, child in action.choices.items():
+                if child.description is None:
+                    child.description = next((a.help for a in action._choices_actions if a.dest == child_name), None)  # noqa: SLF001
+                _everywhere(child, name=child_name if top else name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,7 +202,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         if args.command == "federate":
             return cli_federate.run(app, args)
         if args.command == "status":
-            return cli_report.status(app, args.json)
+            return cli_report.status(app, args.json, args.table)
         if args.command == "history":
             return cli_report.history(app, args.table, args.limit)
         if args.command == "run":

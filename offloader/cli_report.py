@@ -12,6 +12,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from offloader import log
@@ -29,6 +30,8 @@ def report(results: list[TableResult]) -> int:
             print(f"{r.table}: nothing new ({r.duration:.2f}s)")
         elif r.outcome == "stopped":
             print(f"{r.table}: stopped after {r.rows:,} rows in {r.windows} window(s): {r.reason}")
+        elif r.outcome == "not_started":
+            print(f"{r.table}: not started: {r.reason}")
         elif r.outcome == "skipped":
             print(f"{r.table}: skipped: {r.reason}")
             failed += 0 if r.error is not None else 1  # a lock held elsewhere is not a failure
@@ -48,9 +51,25 @@ def fmt_lag(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def status(app: Any, as_json: bool) -> int:
+def columns(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print ``rows`` under ``header`` in aligned columns."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
+
+
+def _cut_note(shown: int, limit: int, what: str) -> None:
+    if shown >= limit:
+        print(f"(the newest {limit} {what}; --limit N shows more)")
+
+
+def status(app: Any, as_json: bool, table: str | None = None) -> int:
     """Print what can be read; exit 1 when a server is down or a table could not be read."""
-    statuses = app.status()
+    statuses = app.status([app.config.table(table)] if table else None)
     code = EXIT_FAILED if any(s.unreadable for s in statuses) else EXIT_OK
     if as_json:
         print(json.dumps([s.as_dict() for s in statuses], indent=2, default=str))
@@ -64,7 +83,7 @@ def status(app: Any, as_json: bool) -> int:
         headroom = (
             "-"
             if s.ttl_headroom_seconds is None
-            else "inf"
+            else "no limit"
             if s.ttl_headroom_seconds == float("inf")
             else fmt_lag(s.ttl_headroom_seconds)
         )
@@ -74,9 +93,11 @@ def status(app: Any, as_json: bool) -> int:
                 headroom + (" RISK" if s.ttl_risk else ""), last,
             )
         )  # fmt: skip
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    columns(header, rows)
+    print(
+        "lag: newest source row minus the cursor ('-': nothing offloaded yet, or the source cannot be read); ttl headroom: "
+        "time before the source's TTL deletes the oldest row not offloaded yet ('-': the source has no row-deleting TTL)"
+    )
     print_replicas(app)
     for s in statuses:
         if s.problem:
@@ -98,14 +119,20 @@ def print_replicas(app: Any) -> None:
 def history(app: Any, table: str | None, limit: int) -> int:
     if table:
         app.config.table(table)
-    for run in app.state.runs(table, limit):
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run.started_at))
-        error = f"  {run.error_class}: {run.error_message}" if run.error_class else ""
-        duration = f"{run.duration_seconds:.2f}s" if run.duration_seconds is not None else "-"
-        print(
-            f"{started}Z  {run.table_name}  {run.outcome}  rows={run.rows_written:,} files={run.files_written} "
-            f"windows={run.windows} {duration}  run={run.run_id} replica={run.replica or '-'}{error}"
+    runs = app.state.runs(table, limit)
+    rows = [
+        (
+            f"{_when(run.started_at)}Z", run.table_name, run.outcome, f"{run.rows_written:,}", run.files_written, run.windows,
+            f"{run.duration_seconds:.2f}s" if run.duration_seconds is not None else "-", run.replica or "-", run.run_id,
+            f"{run.error_class}: {run.error_message}" if run.error_class else "",
         )
+        for run in runs
+    ]  # fmt: skip
+    if not rows:
+        print("no run recorded" + (f" for {table}" if table else ""))
+        return EXIT_OK
+    columns(("started", "table", "outcome", "rows", "files", "windows", "took", "replica", "run", "error"), rows)
+    _cut_note(len(rows), limit, "runs")
     return EXIT_OK
 
 
@@ -203,9 +230,17 @@ def reset(app: Any, args: argparse.Namespace) -> int:
 def audit(app: Any, table: str | None, action: str | None, limit: int) -> int:
     if table:
         app.config.table(table)
-    for r in app.state.audits(table, action, limit):
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.started_at))
-        files = f" files {r.files_before} -> {r.files_after}" if r.files_before is not None else ""
-        dry = " (dry run)" if r.dry_run else ""
-        print(f"{started}Z  {r.table_name}  {r.action}  {r.outcome}{dry}{files}  {r.duration_seconds:.2f}s  {r.detail or ''}")
+    entries = app.state.audits(table, action, limit)
+    rows = [
+        (
+            f"{_when(r.started_at)}Z", r.table_name, r.action, r.outcome, "yes" if r.dry_run else "no",
+            "-" if r.files_before is None else f"{r.files_before} -> {r.files_after}", f"{r.duration_seconds:.2f}s", r.detail or "",
+        )
+        for r in entries
+    ]  # fmt: skip
+    if not rows:
+        print("no audit entry" + (f" for {table}" if table else ""))
+        return EXIT_OK
+    columns(("started", "table", "action", "outcome", "dry run", "files", "took", "detail"), rows)
+    _cut_note(len(rows), limit, "entries")
     return EXIT_OK

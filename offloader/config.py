@@ -81,6 +81,22 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def format_duration(seconds: float) -> str:
+    """A duration as the config writes it, read back by :func:`parse_duration`: ``7d``, ``1h30m``, ``45s``, ``250ms``.
+    Never in weeks: a reader counts ``7d`` at a glance."""
+    if seconds == float("inf"):
+        return "no limit"
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    whole, out = int(round(seconds)), []
+    for unit in ("d", "h", "m", "s"):
+        size = int(_DURATION_UNITS[unit])
+        count, whole = divmod(whole, size)
+        if count:
+            out.append(f"{count}{unit}")
+    return "".join(out) or "0s"
+
+
 def parse_size(text: str | int) -> int:
     """Parse ``"128MiB"``, ``"64MB"`` or a byte count into bytes; raise ValueError otherwise."""
     if isinstance(text, int) and not isinstance(text, bool):

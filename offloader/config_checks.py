@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from offloader.config import ENV_PREFIX, IDENTIFIER, TRANSFORM, Secret, parse_duration, parse_size
+from offloader.config import ENV_PREFIX, IDENTIFIER, TRANSFORM, Secret, format_duration, parse_duration, parse_size
 from offloader.scheduler import cron_problem
 
 
@@ -115,7 +115,7 @@ class Checks:
             self.problem(key, value, 'expected a duration such as "0s", "90s", "5m", "1h30m", "2d"')
             return default
         if seconds < minimum:
-            self.problem(key, value, f"must be at least {minimum:g}s")
+            self.problem(key, value, f"must be at least {format_duration(minimum)}")
         return seconds
 
     def size(self, key: str, value: Any, default: int | None) -> int | None:

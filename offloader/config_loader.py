@@ -36,6 +36,7 @@ from offloader.config import (
     ServerConfig,
     SourceConfig,
     StateConfig,
+    format_duration,
     secret_name,
 )
 from offloader.config_checks import apply_env, importable, positive_number
@@ -316,7 +317,11 @@ class _Validator(TableChecks, FederateChecks):
         heartbeat = self.duration("replica.heartbeat", s.get("heartbeat"), 5.0, 0.1)
         lease = self.duration("replica.lease", s.get("lease"), 30.0, 0.1)
         if lease <= 2 * heartbeat:
-            self.problem("replica.lease", s.get("lease", "30s"), f"must be more than twice replica.heartbeat ({heartbeat:g}s)")
+            self.problem(
+                "replica.lease",
+                s.get("lease", "30s"),
+                f"must be more than twice replica.heartbeat ({format_duration(heartbeat)})",
+            )
         wait = self.duration("replica.upstream_wait", s.get("upstream_wait"), 300.0)
         rid = self.replica_id("replica.id", s.get("id"))
         return ReplicaConfig(heartbeat=heartbeat, lease=lease, upstream_wait=wait, **({"id": rid} if rid else {}))

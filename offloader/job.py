@@ -134,7 +134,8 @@ def finish_action(job: TableJob, result: ActionResult, started: float, log: Any,
     """Record one audited operation: its audit log entry, the observer call and its log line.
 
     The line is ``event`` at info level, or at error level when the operation failed. A
-    failing state store is logged, never raised: the operation's own outcome stands.
+    failing state store is logged, never raised: the operation's own outcome stands. A dry
+    run changed nothing, so it records nothing: its lines and the command's output say it all.
     """
     record = AuditRecord(
         id=uuid.uuid4().hex, table_name=result.table, action=result.action, started_at=started,
@@ -143,7 +144,8 @@ def finish_action(job: TableJob, result: ActionResult, started: float, log: Any,
         bytes_after=result.bytes_after, snapshot_id=result.snapshot_id, detail=result.detail[:4000] or None,
     )  # fmt: skip
     try:
-        job.state.record_audit(record)
+        if not result.dry_run:
+            job.state.record_audit(record)
     except OffloaderError as exc:
         log.error("audit_log_failed", action=result.action, error=str(exc))
     job.observer.action_finished(job.table, result)

@@ -26,6 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from offloader.config import format_duration
 from offloader.cursor import micros
 from offloader.errors import CatalogError, CommitConflictError
 from offloader.job import TableJob, finish_action, guarded, settle
@@ -196,7 +197,7 @@ class Maintenance:
         kept_old = sum(1 for s in snapshots if s.timestamp_ms < cutoff_ms and s.snapshot_id in protected)
         result.extra["snapshots_before"] = len(snapshots)
         result.detail = (
-            f"{len(expired)} of {len(snapshots)} snapshots older than {self.settings.retain:g}s; "
+            f"{len(expired)} of {len(snapshots)} snapshots older than {format_duration(self.settings.retain)}; "
             f"{kept_old} older ones kept for the cursor or a branch"
         )
         if not expired:
@@ -227,7 +228,7 @@ class Maintenance:
         result.files_before = len(listed)
         result.bytes_before = sum(size for _, _, size in listed)
         result.detail = (
-            f"{len(orphans)} unreferenced files older than {self.settings.orphan_age:g}s "
+            f"{len(orphans)} unreferenced files older than {format_duration(self.settings.orphan_age)} "
             f"({sum(s for _, s in orphans)} bytes); {young} younger unreferenced files kept"
         )
         if not orphans:

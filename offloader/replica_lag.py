@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from offloader.config import format_duration
 from offloader.errors import ReplicaLagError
 from offloader.ports import Engine
 
@@ -47,8 +48,8 @@ class ReplicaDelay:
             )
         if self.seconds > limit:
             raise ReplicaLagError(
-                f"{table}: the source replica lags {self.seconds:.0f}s ({self.read}, absolute_delay), above "
-                f"{setting} = {limit:.0f}s; the table does not move until the replica catches up (retried next cycle)"
+                f"{table}: the source replica lags {format_duration(self.seconds)} ({self.read}, absolute_delay), above "
+                f"{setting} = {format_duration(limit)}; the table does not move until the replica catches up (retried next cycle)"
             )
 
 

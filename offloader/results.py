@@ -39,7 +39,7 @@ class TableResult:
 
     table: str
     run_id: str
-    outcome: str  # committed | nothing_new | skipped | stopped | failed
+    outcome: str  # committed | nothing_new | skipped | stopped | failed | not_started (the stop came first)
     rows: int = 0
     bytes: int = 0
     files: int = 0

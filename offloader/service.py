@@ -178,10 +178,10 @@ class Service:
             results = self.app.run_cycle(share.mine, observer=self.metrics, stop=self.stop, elsewhere=share.elsewhere)
             by_name = {t.name: t for t in tables}
             for result in results:
-                if result.outcome != "skipped" or result.error is None:
+                if result.outcome != "not_started" and (result.outcome != "skipped" or result.error is None):
                     self.metrics.run_finished(by_name[result.table], result)
             self._update_lag(tables)
-            failed = [r.table for r in results if not r.ok and not r.held_elsewhere]
+            failed = [r.table for r in results if not r.ok and not r.held_elsewhere and r.outcome != "not_started"]
             self.log.info(
                 "cycle_finished", seconds=round(time.perf_counter() - started, 3), tables=len(results),
                 rows=sum(r.rows for r in results), failed=failed,
