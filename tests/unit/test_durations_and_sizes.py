@@ -70,7 +70,7 @@ def test_a_duration_below_its_minimum_names_the_minimum(tmp_path: Path) -> None:
     """A duration that parses but is too short says how short it may be."""
     assert problems(tmp_path, '[schedule]\ninterval = "500ms"\n[maintenance]\nretain = "30s"\n') == [
         "schedule.interval = '500ms': must be at least 1s",
-        "maintenance.retain = '30s': must be at least 60s",
+        "maintenance.retain = '30s': must be at least 1m",
     ]
 
 
