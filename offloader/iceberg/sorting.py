@@ -39,7 +39,7 @@ from offloader.iceberg.write import RollingFiles, split_partitions
 
 RUN_BYTES = 48 * 2**20
 """Arrow bytes of the rows sorted in memory at once, per buffer: one sorted file of a window at most."""
-ROW_GROUP_ROWS = 131_072
+ROW_GROUP_ROWS = 32_768
 """Rows per row group of a sorted file: the unit a reader skips by its min/max statistics."""
 MERGE_BATCH_ROWS = 16_384
 """Rows of each spilled run held in memory while runs are merged (and the row groups of a run)."""
@@ -133,6 +133,33 @@ def sort_rows(rows: pa.Table, columns: list[str]) -> pa.Table:
         return rows
     keys = pa.table({c: _plain(rows.column(c)) for c in columns})
     return rows.take(pc.sort_indices(keys, sort_keys=[(c, "ascending", "at_end") for c in columns]))
+
+
+def sorted_slices(rows: pa.Table, columns: list[str], step: int) -> Iterator[pa.Table]:
+    """``rows`` in sort order, ``step`` rows at a time: only one slice is copied at a time, not the whole table."""
+    if rows.num_rows <= 1:
+        yield rows
+        return
+    keys = pa.table({c: _plain(rows.column(c)) for c in columns})
+    order = pc.sort_indices(keys, sort_keys=[(c, "ascending", "at_end") for c in columns])
+    del keys
+    for start in range(0, len(order), step):
+        yield rows.take(order.slice(start, step))
+
+
+def rechunk(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """The rows of ``tables`` in order, as tables of ``rows`` rows (the last may have fewer)."""
+    pending: list[pa.Table] = []
+    count = 0
+    for table in tables:
+        pending.append(table)
+        count += table.num_rows
+        while count >= rows:
+            whole = pa.concat_tables(pending)
+            yield whole.slice(0, rows)
+            pending, count = [whole.slice(rows)], count - rows
+    if count:
+        yield pa.concat_tables(pending)
 
 
 def _plain(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -243,25 +270,23 @@ class SortedFiles(RollingFiles):
         return done
 
     def _write_run(self, lane: int, key: Any, chunks: list[pa.Table]) -> list[Any]:
-        return self._write_sorted(lane, key, [self._sorted(chunks)])
+        return self._write_sorted(lane, key, self._sorted(chunks, ROW_GROUP_ROWS))
 
-    def _sorted(self, chunks: list[pa.Table]) -> pa.Table:
-        return sort_rows(pa.concat_tables(chunks, promote_options="default"), self.columns)
+    def _sorted(self, chunks: list[pa.Table], step: int) -> Iterator[pa.Table]:
+        return sorted_slices(pa.concat_tables(chunks, promote_options="default"), self.columns, step)
 
     def _write_sorted(self, lane: int, key: Any, tables: Iterable[pa.Table]) -> list[Any]:
         """Write sorted rows in order into files of the partition, rolled at the target size."""
         done, ident = [], None
-        for rows in tables:
-            step = ROW_GROUP_ROWS
-            for start in range(0, rows.num_rows, step):
-                if ident is None:
-                    ident = (lane, "sorted", next(self.counter))
-                    self.open[ident] = self._new_file(key)
-                writer = self.open[ident][0]
-                writer.write(self._prepare(rows.slice(start, step)))
-                if written_bytes(writer) >= self.target_size:
-                    done.append(self._close(ident))
-                    ident = None
+        for rows in rechunk(tables, ROW_GROUP_ROWS):  # one row group each
+            if ident is None:
+                ident = (lane, "sorted", next(self.counter))
+                self.open[ident] = self._new_file(key)
+            writer = self.open[ident][0]
+            writer.write(self._prepare(rows))
+            if written_bytes(writer) >= self.target_size:
+                done.append(self._close(ident))
+                ident = None
         if ident is not None:
             done.append(self._close(ident))
         return done
@@ -276,7 +301,7 @@ class SortedFiles(RollingFiles):
 
         writer = None
         try:
-            for rows in [self._sorted(chunks)] if isinstance(chunks, list) else chunks:
+            for rows in self._sorted(chunks, MERGE_BATCH_ROWS) if isinstance(chunks, list) else chunks:
                 if writer is None:
                     writer = pq.ParquetWriter(path, rows.schema, compression="lz4")
                 writer.write_table(rows, row_group_size=MERGE_BATCH_ROWS)
@@ -300,12 +325,12 @@ class SortedFiles(RollingFiles):
         done: list[Any] = []
         try:
             for ident in list(self.buffers):
-                key, chunks, _ = self.buffers[ident]
-                if self.spill and ident in self.runs:
+                if self.spill and ident not in self.runs:  # a partition that fits one run: no spill
+                    key, chunks, _ = self.buffers.pop(ident)
+                    lane = next(self._chunks) % self.lanes
+                    self._pending.append(self._pools[lane].submit(self._write_run, lane, key, chunks))
+                else:
                     done += self._flush(ident)
-                else:  # a partition that fits one run is written without a spill
-                    del self.buffers[ident]
-                    done += self._write_sorted(0, key, [self._sorted(chunks)])
             while self._pending:
                 done += self._pending.popleft().result()
             for key, paths in self.runs.values():
