@@ -38,7 +38,6 @@ import os
 import re
 import shutil
 import site
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench_offload import high_water_mark, http_endpoint
+from bench_backfill import timed
+from bench_offload import http_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SORT_BY = ["symbol", "exchange_timestamp"]
@@ -198,20 +198,8 @@ def metadata_file(work: Path, table: str) -> str:
 
 
 def cli(config: Path, *args: str) -> tuple[float, int, str]:
-    """`offloader ARGS` as a child process: seconds, its peak RSS (VmHWM, sampled) and its output."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "offloader", "--config", str(config), "--log-level", "warning", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=config.parent,
-    )  # fmt: skip
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, high_water_mark(proc.pid))
-        time.sleep(0.05)
-    output = proc.stdout.read() if proc.stdout else ""
-    if proc.returncode != 0:
-        raise SystemExit(f"offloader {' '.join(args)} failed ({proc.returncode}):\n{output[-3000:]}")
-    return time.perf_counter() - started, peak, output
+    """`offloader ARGS` as a child process (warnings only): seconds, its peak RSS and its output."""
+    return timed(config, "--log-level", "warning", *args)
 
 
 def write_config(work: Path, hours: float) -> Path:

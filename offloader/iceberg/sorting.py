@@ -83,20 +83,29 @@ def ensure_sort_order(table: Any, config: TableConfig) -> Any:
     """Make ``config.sort_by`` the default sort order of an existing table; returns the table.
 
     Without ``sort_by`` the table's order is left as it is. A column not in the table yet (a
-    source column the next window adds) leaves it too, until an open after that window."""
+    source column the next window adds) leaves it too, until an open after that window. The
+    update asserts the order it replaces: a runner that changed the table first makes it look
+    again (three times at most)."""
+    from pyiceberg.exceptions import CommitFailedException
     from pyiceberg.transforms import IdentityTransform
 
-    current = sort_columns(table.metadata)
-    if not config.sort_by or (current is not None and current[1] == list(config.sort_by)):
-        return table
-    names = {f.name for f in table.schema().fields}
-    if not set(config.sort_by) <= names:
-        return table
-    tx = table.transaction()
-    with tx.update_sort_order() as update:
-        for column in config.sort_by:
-            update.asc(column, IdentityTransform())
-    return tx.commit_transaction()
+    for attempt in range(3):
+        current = sort_columns(table.metadata)
+        if not config.sort_by or (current is not None and current[1] == list(config.sort_by)):
+            return table
+        if not set(config.sort_by) <= {f.name for f in table.schema().fields}:
+            return table
+        tx = table.transaction()
+        with tx.update_sort_order() as update:
+            for column in config.sort_by:
+                update.asc(column, IdentityTransform())
+        try:
+            return tx.commit_transaction()
+        except CommitFailedException:
+            if attempt == 2:
+                raise
+            table = table.refresh()
+    return table
 
 
 def sort_columns(metadata: Any) -> tuple[int, list[str]] | None:
