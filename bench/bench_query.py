@@ -25,7 +25,7 @@ Another engine is one more entry of :data:`ENGINES`: a class with ``name``, ``di
 table. (A federated ClickHouse view, ``<db>.<table>_all`` = hot rows UNION ALL
 icebergLocal rows, would be one; it does not exist on this branch and is left out.)
 
-Usage: python bench/bench_query.py [--rows 10000000] [--hours 168] [--repeat 7] [--work DIR] [--out FILE]
+Usage: python bench/bench_query.py [--rows 10000000] [--hours 168] [--repeat 9] [--work DIR] [--out FILE]
 Prints Markdown tables and writes JSON (default bench/results/query-<rows>.json).
 """
 
@@ -142,7 +142,7 @@ class DuckDBIceberg:
 
     name, dialect = "DuckDB iceberg_scan", "duckdb"
 
-    def __init__(self, work: Path, metadata: Callable[[str], str]) -> None:
+    def __init__(self, work: Path) -> None:
         import duckdb
 
         self.con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
@@ -154,10 +154,10 @@ class DuckDBIceberg:
             )
             self.con.execute(f"LOAD '{found[-1]}'")
         self.con.execute("SET TimeZone = 'UTC'")
-        self.metadata = metadata
+        self.work = work
 
     def source(self, table: str) -> str:
-        return f"iceberg_scan('{self.metadata(table)}')"
+        return f"iceberg_scan('{metadata_file(self.work, table)}')"
 
     def run(self, sql: str) -> tuple[int, dict[str, Any]]:
         rows = self.con.execute(sql).to_arrow_table().num_rows  # Arrow: no pytz needed for timestamptz
@@ -171,6 +171,11 @@ class DuckDBIceberg:
         if files:
             counters["files_read"] = int(files.group(1).replace(",", ""))
         return counters
+
+
+ENGINES: list[Callable[[Path], Engine]] = [ClickHouseIceberg, DuckDBIceberg]
+"""The engines the queries run through, each built from the work directory. The federated
+ClickHouse view (``<db>.<table>_all``) would be one more, with the "clickhouse" dialect."""
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -224,7 +229,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--hours", type=float, default=168.0, help="hours of history the rows span (a week)")
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--work", help="a work directory to reuse (seeded and offloaded steps are skipped)")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -242,7 +247,7 @@ def main() -> None:
 
     params = span_params(work)
     results["params"] = params
-    engines: list[Engine] = [ClickHouseIceberg(work), DuckDBIceberg(work, lambda t: metadata_file(work, t))]
+    engines = [make(work) for make in ENGINES]
     results["queries"] = measure(engines, dict(TABLES), params, args.repeat)
 
     print("compacting the sorted table ...", file=sys.stderr)
@@ -277,7 +282,7 @@ def span_params(work: Path) -> dict[str, str]:
     """The times the queries ask about, from the data: the second full day, the whole span (at
     most a week) and noon of that day."""
     location = metadata_file(work, TABLES["unsorted"])
-    con = DuckDBIceberg(work, lambda _: location).con
+    con = DuckDBIceberg(work).con
     low, high = con.execute(
         f"SELECT epoch_us(min(exchange_timestamp)), epoch_us(max(exchange_timestamp)) FROM iceberg_scan('{location}')"
     ).fetchone()
