@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from helpers import Workspace, assert_exact, trades_table
+from helpers import Workspace, assert_bars_exact, assert_exact, bars_table, create_bars, trades_table
 from pyiceberg.table.sorting import SortDirection
 from pyiceberg.transforms import IdentityTransform
 
+from offloader import maintenance
 from offloader.iceberg import sorting
 
 SORT_BY = ["symbol", "exchange_timestamp"]
@@ -24,8 +25,8 @@ def sorted_table(**overrides: Any) -> dict[str, Any]:
     return trades_table(partition_by=["day(ingestion_timestamp)"], **overrides)
 
 
-def live_files(ws: Workspace) -> list[Any]:
-    return [task.file for task in ws.iceberg_table("cold.trades").scan().plan_files()]
+def live_files(ws: Workspace, target: str = "cold.trades") -> list[Any]:
+    return [task.file for task in ws.iceberg_table(target).scan().plan_files()]
 
 
 def local(path: str) -> str:
@@ -59,6 +60,7 @@ def test_sort_by_orders_every_file_of_windows_and_of_compaction(ws: Workspace, m
     monkeypatch.setattr(sorting, "ROW_GROUP_ROWS", 200)
     monkeypatch.setattr(sorting, "MERGE_BATCH_ROWS", 64)
     monkeypatch.setattr(sorting, "MAX_FAN_IN", 4)  # the merge takes two passes
+    monkeypatch.setattr(maintenance, "CHUNK_BYTES", 8 * 1024)  # compaction reads chunks of ~100 rows: many runs
     ws.tables = [sorted_table()]
     ws.offload = {"batch_size": "4KiB"}  # chunks of about a hundred rows
     ws.create_trades()
@@ -128,3 +130,29 @@ def test_bad_sort_by_fails_with_a_precise_message(ws: Workspace, sort_by: Any, m
     assert result.returncode != 0
     assert message in result.stdout + result.stderr, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_replace_mode_writes_sorted_files_and_stays_exact(ws: Workspace) -> None:
+    """In replace mode the rewritten files (the rows kept of a replaced file, and the new rows) are sorted too, and the bars stay exact."""
+    ws.tables = [bars_table(sort_by=["symbol", "window_start"])]
+    create_bars(ws)
+    trades = (
+        "INSERT INTO k2.trades SELECT now64(3, 'UTC') - toIntervalSecond(number * 7), now64(6, 'UTC') - toIntervalSecond(number * 7), "
+        "{first} + number, ['SOL-USDT', 'BTC-USDT', 'ETH-USDT'][number % 3 + 1], 'buy', 1, toDecimal64(number, 8) FROM numbers(300)"
+    )
+    ws.engine.command(trades.format(first=0))  # 35 minutes of trades
+    app = ws.app()
+    app.run_cycle()
+    ws.engine.command(  # the open bar changes
+        "INSERT INTO k2.trades SELECT now64(3, 'UTC'), now64(6, 'UTC'), 1000 + number, 'ADA-USDT', 'sell', 1, 3 FROM numbers(5)"
+    )
+    (again,) = app.run_cycle()
+    assert again.outcome == "committed", again.reason
+    app.close()
+    table = ws.iceberg_table("cold.bars")
+    for data_file in live_files(ws, "cold.bars"):
+        rows = pq.read_table(local(data_file.file_path), columns=["symbol", "window_start"])
+        keys = list(zip(rows["symbol"].to_pylist(), pc.cast(rows["window_start"], pa.int64()).to_pylist(), strict=True))
+        assert keys == sorted(keys), data_file.file_path
+        assert data_file.sort_order_id == table.sort_order().order_id
+    assert_bars_exact(ws)

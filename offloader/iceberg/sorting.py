@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from offloader.config import TableConfig
-from offloader.errors import SchemaError
+from offloader.errors import InternalError, SchemaError
 from offloader.iceberg.internals import written_bytes
 from offloader.iceberg.write import RollingFiles, split_partitions
 
@@ -208,12 +208,15 @@ def merge_sorted(runs: list[Iterator[pa.Table]], columns: list[str]) -> Iterator
                     buffers[j] = batch
         if not streams:
             break
-        frontier = min(_key(buffers[j], buffers[j].num_rows - 1, columns) for j in streams)
+        least = min(streams, key=lambda j: _key(buffers[j], buffers[j].num_rows - 1, columns))
+        frontier = _key(buffers[least], buffers[least].num_rows - 1, columns)
         parts = []
         for j, rows in buffers.items():
             cut = _upper_bound(rows, frontier, columns)
             parts.append(rows.slice(0, cut))
             buffers[j] = rows.slice(cut)
+        if buffers[least].num_rows:  # only an unsorted run leaves rows past its own last one
+            raise InternalError(f"merging sorted runs: run {least} is not sorted by {columns}")
         yield sort_rows(pa.concat_tables(parts), columns)
     rest = [rows for rows in buffers.values() if rows.num_rows]
     if rest:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 
 import pyarrow as pa
+import pytest
 
+from offloader.errors import InternalError
 from offloader.iceberg.sorting import merge_sorted, sort_rows
 
 COLUMNS = ["symbol", "price"]
@@ -47,3 +49,11 @@ def test_merge_of_sorted_runs_equals_one_sort() -> None:
         assert keys(out) == keys(expected)
         ids = sorted(i for r in merged for i in r["id"].to_pylist())
         assert ids == sorted(i for r in runs for i in r["id"].to_pylist()), "every row once"
+
+
+def test_merge_refuses_a_run_that_is_not_sorted() -> None:
+    """A run out of order stops the merge with an error instead of looping or writing it unsorted."""
+    unsorted = pa.table({"symbol": ["a", "c", "b"], "price": [1.0, 1.0, 1.0]})
+    runs = [iter([unsorted]), iter([pa.table({"symbol": ["d"], "price": [1.0]})])]
+    with pytest.raises(InternalError, match="not sorted"):
+        list(merge_sorted(runs, COLUMNS))
