@@ -198,6 +198,7 @@ class TableConfig:
     cron: str | None = None
     check_columns: tuple[str, ...] = ()
     max_replica_delay: float | None = None
+    sort_by: tuple[str, ...] = ()  # the Iceberg sort order of the table: files are written sorted by it
 
     @property
     def key_columns(self) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from offloader.faults import fail
 from offloader.iceberg.failures import failure, refusal
 from offloader.iceberg.internals import bounded_rest_catalog, lean_sql_catalog
 from offloader.iceberg.mapping import iceberg_schema, plan_columns
+from offloader.iceberg.sorting import ensure_sort_order, sort_order
 from offloader.iceberg.table import BOUNDED_HISTORY, SinkTable
 
 TABLE_PROPERTIES = {
@@ -94,9 +95,10 @@ class Sink:
 
         schema = iceberg_schema(plans)
         identifier = table.target
+        order = sort_order(table, schema)  # sort_by checked against the source's columns
         try:
             try:
-                return SinkTable(self.catalog.load_table(identifier), table)
+                return SinkTable(ensure_sort_order(self.catalog.load_table(identifier), table), table)
             except NoSuchTableError:
                 pass
             try:
@@ -111,9 +113,11 @@ class Sink:
                 properties["write.target-file-size-bytes"] = str(file_size)
             spec = partition_spec(table, schema)
             try:
-                created = self.catalog.create_table(identifier, schema=schema, partition_spec=spec, properties=properties)
+                created = self.catalog.create_table(
+                    identifier, schema=schema, partition_spec=spec, sort_order=order, properties=properties
+                )
             except TableAlreadyExistsError:
-                created = self.catalog.load_table(identifier)
+                created = ensure_sort_order(self.catalog.load_table(identifier), table)
             except Exception:  # a concurrent create can surface as the catalog's unique violation
                 if not self.catalog.table_exists(identifier):
                     raise

@@ -39,7 +39,8 @@ from offloader.iceberg.files import (
 )
 from offloader.iceberg.internals import cached_metadata
 from offloader.iceberg.mapping import iceberg_schema
-from offloader.iceberg.write import RollingFiles, WindowWrite
+from offloader.iceberg.sorting import data_file_writer
+from offloader.iceberg.write import WindowWrite
 from offloader.ports import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, CutPoint, DataFileEntry, Marker
 
 # what keeps a commit's cost flat as the table ages (docs/storage.md)
@@ -260,7 +261,7 @@ class SinkTable:
         from pyiceberg.exceptions import CommitFailedException
 
         tx = cached_metadata(self.table.transaction())
-        files = RollingFiles(tx.table_metadata, self.table.io, uuid.uuid4(), target_size, lanes=1)
+        files = data_file_writer(tx.table_metadata, self.table.io, target_size, lanes=1, spill=True)
         try:
             added: list[Any] = []
             for rows in tables:

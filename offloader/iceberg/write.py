@@ -56,6 +56,7 @@ class RollingFiles:
         self.write_uuid = write_uuid
         self.target_size = target_size
         self.lanes = lanes
+        self.sort_order_id: int | None = None  # the sort order every file is sorted by (SortedFiles)
         self.schema = metadata.schema()
         self.spec = metadata.spec()
         self.format = parquet_format()
@@ -119,7 +120,7 @@ class RollingFiles:
             file_format=FileFormat.PARQUET,
             partition=key.partition if key is not None else Record(),
             file_size_in_bytes=len(self.io.new_input(path)),
-            sort_order_id=None,
+            sort_order_id=self.sort_order_id,
             spec_id=self.metadata.default_spec_id,
             equality_ids=None,
             key_metadata=None,
@@ -210,8 +211,10 @@ class WindowWrite:
         self.written = WrittenFiles(files=[])
         self.arrow_schema = schema_to_pyarrow(tx.table_metadata.schema(), include_field_ids=False)
         target = int(tx.table_metadata.properties.get("write.target-file-size-bytes", DEFAULT_FILE_SIZE))
-        self._files = RollingFiles(tx.table_metadata, owner.table.io, uuid.uuid4(), target)
-        self._carried = RollingFiles(tx.table_metadata, owner.table.io, uuid.uuid4(), target)
+        from offloader.iceberg.sorting import data_file_writer  # it builds on RollingFiles
+
+        self._files = data_file_writer(tx.table_metadata, owner.table.io, target)
+        self._carried = data_file_writer(tx.table_metadata, owner.table.io, target)
 
     @property
     def io(self) -> Any:
