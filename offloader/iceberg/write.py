@@ -275,6 +275,15 @@ class WindowWrite:
             raise self.owner._failure(exc, f"reading files to replace in {self.owner.config.target} failed") from exc
         return result
 
+    def replaced_keys(self, keys: pa.Table) -> list[tuple[Any, pa.Table]]:
+        """Files holding rows of one of ``keys`` (columns named as the table's), and the rows of each that stay."""
+        from offloader.iceberg.keyed import files_holding_keys
+
+        try:
+            return files_holding_keys(self.owner.table, self.tx.table_metadata, keys)
+        except Exception as exc:
+            raise self.owner._failure(exc, f"reading files to replace in {self.owner.config.target} failed") from exc
+
     def commit(self, marker: Mapping[str, str], replace: Iterable[tuple[Any, pa.Table]] = ()) -> int:
         """Commit the written files (and replaced files) as one snapshot carrying ``marker``.
 
