@@ -42,6 +42,7 @@ REPLACING_ENGINE = re.compile(r"^(Replicated|Shared)?ReplacingMergeTree$")
 PLAIN_COLUMN = re.compile(r"^`?([A-Za-z_][A-Za-z0-9_]*)`?$")
 REWRITTEN_KEY = "offloader.rewritten-rows"  # rows carried over from rewritten files (the cost)
 REMOVED_KEY = "offloader.removed-rows"  # superseded or deleted rows removed from Iceberg
+SCANNED_KEY = "offloader.scanned-files"  # files read to find the older copies
 
 
 class Steps(Protocol):
@@ -184,13 +185,15 @@ class Replacing:
         tx = steps.write(window, self.source.engine.stream(sql, params), sift)
         steps.verify(tx, expected, window)
         try:
-            replaced = tx.replaced_keys(pa.Table.from_batches(keys)) if keys else []
+            replaced, scanned = tx.replaced_keys(pa.Table.from_batches(keys)) if keys else ([], 0)
         except BaseException:
             tx.discard()
             raise
         kept = sum(rows.num_rows for _, rows in replaced)
         removed = sum(int(f.record_count) for f, _ in replaced) - kept
         cursor = stats.last.to_json()
-        marker = steps.marker(cursor, expected, window.hi, **{REWRITTEN_KEY: str(kept), REMOVED_KEY: str(removed)})
+        marker = steps.marker(
+            cursor, expected, window.hi, **{REWRITTEN_KEY: str(kept), REMOVED_KEY: str(removed), SCANNED_KEY: str(scanned)}
+        )
         snapshot_id = steps.commit(tx, marker, replaced)
         return steps.settle(tx, snapshot_id, cursor, window.hi)

@@ -61,20 +61,22 @@ def matching(rows: pa.Table, keys: pa.Table) -> pa.Array:
     return pc.is_in(index, value_set=hits.combine_chunks())
 
 
-def files_holding_keys(table: Any, metadata: Any, keys: pa.Table) -> list[tuple[Any, pa.Table]]:
-    """(data file, the rows that stay) of each live file holding a row of one of ``keys``."""
+def files_holding_keys(table: Any, metadata: Any, keys: pa.Table) -> tuple[list[tuple[Any, pa.Table]], int]:
+    """(data file, the rows that stay) of each live file holding a row of one of ``keys``, and
+    how many files were read to find them (those the filter could not rule out)."""
     from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.io.pyarrow import ArrowScan
 
     if keys.num_rows == 0 or table.current_snapshot() is None:
-        return []
+        return [], 0
     keys = keys.group_by(keys.column_names).aggregate([])  # distinct
-    result = []
+    result, read = [], 0
     for task in table.scan(row_filter=key_filter(keys)).plan_files():
+        read += 1
         rows = ArrowScan(metadata, table.io, metadata.schema(), AlwaysTrue()).to_table([task])
         if rows.num_rows == 0:
             continue
         hit = matching(rows, keys)
         if pc.any(hit).as_py():
             result.append((task.file, rows.filter(pc.invert(hit))))
-    return result
+    return result, read

@@ -275,8 +275,9 @@ class WindowWrite:
             raise self.owner._failure(exc, f"reading files to replace in {self.owner.config.target} failed") from exc
         return result
 
-    def replaced_keys(self, keys: pa.Table) -> list[tuple[Any, pa.Table]]:
-        """Files holding rows of one of ``keys`` (columns named as the table's), and the rows of each that stay."""
+    def replaced_keys(self, keys: pa.Table) -> tuple[list[tuple[Any, pa.Table]], int]:
+        """Files holding rows of one of ``keys`` (columns named as the table's), the rows of each
+        that stay, and how many files were read to find them."""
         from offloader.iceberg.keyed import files_holding_keys
 
         try:
