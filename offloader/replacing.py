@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from offloader.config import TableConfig
 from offloader.cursor import Window
 from offloader.errors import ConfigError, SchemaError
-from offloader.ports import Engine, WindowWrite
+from offloader.ports import Engine, KeyedRewrite, WindowWrite
 from offloader.results import WindowResult
 from offloader.source import TS_PARAM, Source, quote
 from offloader.ttl import split_top
@@ -61,13 +61,18 @@ class Steps(Protocol):
     def settle(self, tx: WindowWrite, snapshot_id: int, cursor: list[Any], window_hi: str) -> WindowResult: ...
 
 
+def unchecked(table: TableConfig, what: str = "the consistency check (and its repair)") -> str:
+    """Why an operation that compares or copies raw source rows does not run on this table."""
+    return (
+        f'tables.{table.name}.corrections = "replacing": {what} compares or copies raw source rows, not FINAL ones, '
+        "so it does not run on this table; `offloader once` keeps it equal to FINAL"
+    )
+
+
 def refuse(table: TableConfig, what: str) -> None:
     """Refuse an operation that would copy raw rows of a ``corrections = "replacing"`` table."""
     if table.corrections == "replacing":
-        raise ConfigError(
-            f'tables.{table.name}.corrections = "replacing": {what} compares or copies raw source rows, not FINAL ones, '
-            "so it is not available for this table; `offloader once` keeps it equal to FINAL"
-        )
+        raise ConfigError(unchecked(table, what))
 
 
 def engine_columns(engine_full: str) -> list[str]:
@@ -185,15 +190,11 @@ class Replacing:
         tx = steps.write(window, self.source.engine.stream(sql, params), sift)
         steps.verify(tx, expected, window)
         try:
-            replaced, scanned = tx.replaced_keys(pa.Table.from_batches(keys)) if keys else ([], 0)
+            done = tx.replaced_keys(pa.Table.from_batches(keys)) if keys else KeyedRewrite(replaced=[])
         except BaseException:
             tx.discard()
             raise
-        kept = sum(rows.num_rows for _, rows in replaced)
-        removed = sum(int(f.record_count) for f, _ in replaced) - kept
         cursor = stats.last.to_json()
-        marker = steps.marker(
-            cursor, expected, window.hi, **{REWRITTEN_KEY: str(kept), REMOVED_KEY: str(removed), SCANNED_KEY: str(scanned)}
-        )
-        snapshot_id = steps.commit(tx, marker, replaced)
+        cost = {REWRITTEN_KEY: str(done.kept), REMOVED_KEY: str(done.removed), SCANNED_KEY: str(done.scanned)}
+        snapshot_id = steps.commit(tx, steps.marker(cursor, expected, window.hi, **cost), done.replaced)
         return steps.settle(tx, snapshot_id, cursor, window.hi)

@@ -147,7 +147,8 @@ def test_random_corrections_with_kills_equal_final(ws: Workspace, endpoint: Endp
 
 
 def test_key_with_partition_column_prunes_and_rewrites_only_its_file(ws: Workspace) -> None:
-    """With the partition's column in the key, a correction rewrites one day's file only."""
+    """With the partition's column in the key, a correction rewrites one day's file only; check
+    and backfill, which compare or copy raw rows, refuse the table naming the key."""
     ws.tables = [table_entry()]
     create(ws, key="exchange_timestamp, symbol, trade_id")
     ws.engine.command(
@@ -165,6 +166,10 @@ def test_key_with_partition_column_prunes_and_rewrites_only_its_file(ws: Workspa
     assert summary["offloader.removed-rows"] == "2"
     assert summary["offloader.rewritten-rows"] == "98", "only day 0's file (100 rows) was rewritten"
     assert_final(ws)
+    for command in (("check", "--table", "quotes"), ("backfill", "--table", "quotes")):
+        refused = ws.cli(*command)
+        assert refused.returncode in (1, 2), refused.stderr[-2000:]  # failed, or a usage error
+        assert 'tables.quotes.corrections = "replacing"' in refused.stderr + refused.stdout, command
 
 
 @pytest.mark.parametrize(

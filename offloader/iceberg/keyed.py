@@ -11,6 +11,7 @@ exactly with an Arrow join. Only a file that holds at least one of the keys is r
 from __future__ import annotations
 
 import decimal
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -61,22 +62,20 @@ def matching(rows: pa.Table, keys: pa.Table) -> pa.Array:
     return pc.is_in(index, value_set=hits.combine_chunks())
 
 
-def files_holding_keys(table: Any, metadata: Any, keys: pa.Table) -> tuple[list[tuple[Any, pa.Table]], int]:
-    """(data file, the rows that stay) of each live file holding a row of one of ``keys``, and
-    how many files were read to find them (those the filter could not rule out)."""
+def files_holding_keys(table: Any, metadata: Any, keys: pa.Table, read: list[int]) -> Iterator[tuple[Any, pa.Table]]:
+    """(data file, the rows that stay) of each live file holding a row of one of ``keys``, one
+    file at a time; ``read[0]`` counts the files read to find them (those the filter let through)."""
     from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.io.pyarrow import ArrowScan
 
     if keys.num_rows == 0 or table.current_snapshot() is None:
-        return [], 0
+        return
     keys = keys.group_by(keys.column_names).aggregate([])  # distinct
-    result, read = [], 0
     for task in table.scan(row_filter=key_filter(keys)).plan_files():
-        read += 1
+        read[0] += 1
         rows = ArrowScan(metadata, table.io, metadata.schema(), AlwaysTrue()).to_table([task])
         if rows.num_rows == 0:
             continue
         hit = matching(rows, keys)
         if pc.any(hit).as_py():
-            result.append((task.file, rows.filter(pc.invert(hit))))
-    return result, read
+            yield task.file, rows.filter(pc.invert(hit))
