@@ -153,16 +153,17 @@ class Replacing:
         keys = ", ".join(quote(k) for k in self.spec.key)
         order = ", ".join([keys, f"{quote(self.spec.version)} DESC", *(f"{quote(c)} DESC" for c in source.cursor)])
         every = ", ".join(quote(name) for name, _ in columns)
-        self._winners = (
-            f"SELECT {every} FROM {source.relation} WHERE {quote(source.cursor[0])} <= {{hi:{TS_PARAM}}}"
-            f" AND ({keys}) IN (SELECT {keys} FROM {source.relation} WHERE __WHERE__)"
-            f" ORDER BY {order} LIMIT 1 BY {keys}"
-        )
+        self._keys, self._order, self._every = keys, order, every
 
     def winners_sql(self, select: str, window: Window) -> tuple[str, dict[str, Any]]:
         """``select`` over the winners of the window's keys that lie in the window."""
         where, params = self.source._where(window)
-        winners = self._winners.replace("__WHERE__", where)
+        rel, keys, time_col = self.source.relation, self._keys, quote(self.source.cursor[0])
+        winners = (
+            f"SELECT {self._every} FROM {rel} WHERE {time_col} <= {{hi:{TS_PARAM}}}"
+            f" AND ({keys}) IN (SELECT {keys} FROM {rel} WHERE {where})"
+            f" ORDER BY {self._order} LIMIT 1 BY {keys}"
+        )
         return f"SELECT {select} FROM ({winners}) WHERE {where}", params
 
     def expected(self, window: Window) -> int:
