@@ -131,6 +131,7 @@ def test_random_corrections_with_kills_equal_final(ws: Workspace, endpoint: Endp
     feed = Feed(ws, seed)
     rng = random.Random(seed)  # noqa: S311 - kill points, not secrets
     done: Counter[str] = Counter()
+    kills = 0
     for _ in range(3):
         done.update(feed.cycle(50))
         if source == "http":
@@ -138,12 +139,14 @@ def test_random_corrections_with_kills_equal_final(ws: Workspace, endpoint: Endp
             ws.source_dsn = endpoint.dsn
         killed = ws.run_once(kill_at=f"{rng.choice(POINTS)}:{rng.randint(1, 3)}")
         assert killed.returncode in (0, -9), killed.stderr[-2000:]
+        kills += killed.returncode == -9
         settled = ws.run_once()
         assert settled.returncode == 0, settled.stderr[-2000:]
         if source == "http":
             endpoint.kill()
         assert_final(ws)
     assert min(done.values()) > 0, f"every kind of change was offloaded: {dict(done)}"
+    assert kills >= 2, f"only {kills} of the runs were killed"
 
 
 def test_key_with_partition_column_prunes_and_rewrites_only_its_file(ws: Workspace) -> None:
