@@ -42,6 +42,7 @@ from offloader.cursor import Cursor, Window, format_time, time_key
 from offloader.errors import CommitConflictError, ConfigError, SchemaError, WindowMismatchError
 from offloader.job import TableJob, guarded, record_run
 from offloader.ports import RunRecord, Workers, WrittenFiles
+from offloader.replacing import refuse
 from offloader.results import TableResult
 from offloader.window import Windows
 
@@ -145,6 +146,7 @@ class Backfill:
         return result
 
     def _run_locked(self, result: BackfillResult, record: RunRecord, log: Any, start: str | None, end: str | None) -> None:
+        refuse(self.job.table, "a backfill (slices written in parallel)")
         windows = Windows(self.job, result.run_id, log)
         probe = windows.table.begin(windows.plans)
         probe.discard()

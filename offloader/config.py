@@ -36,6 +36,7 @@ TRANSFORM = re.compile(
 )
 LAYERS = ("bronze", "silver", "gold")
 MODES = ("append", "replace")
+CORRECTIONS = ("none", "replacing")  # how corrected source rows reach Iceberg (docs/corrections-replacing.md)
 ENV_PREFIX = "OFFLOADER__"
 DEFAULT_DATA_DIR = ".offloader"
 DEFAULT_FILE_SIZE = 128 * 2**20  # the data files offloader writes and compacts to, by default
@@ -199,6 +200,9 @@ class TableConfig:
     check_columns: tuple[str, ...] = ()
     max_replica_delay: float | None = None
     sort_by: tuple[str, ...] = ()  # the Iceberg sort order of the table: files are written sorted by it
+    corrections: str = "none"
+    version_column: str | None = None  # corrections = "replacing": the ReplacingMergeTree's version
+    deleted_column: str | None = None  # and its is_deleted column, if it has one
 
     @property
     def key_columns(self) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from offloader.config import IDENTIFIER, LAYERS, MODES, TRANSFORM, OffloadConfig, TableConfig
+from offloader.config import CORRECTIONS, IDENTIFIER, LAYERS, MODES, TRANSFORM, OffloadConfig, TableConfig
 from offloader.config_checks import Checks, is_dotted
 
 
@@ -66,6 +66,7 @@ class TableChecks(Checks):
             "name", "source", "target", "layer", "cursor", "partition_by", "depends_on", "mode", "replace_lookback",
             "uint64", "bigint", "truncate_datetime64", "target_file_size", "safety_lag", "max_window", "cron",
             "check_columns", "max_window_rows", "max_replica_delay", "sort_by",
+            "corrections", "version_column", "deleted_column",
         }  # fmt: skip
         self.unknown_keys(label, t, allowed)
         if not isinstance(name, str) or not IDENTIFIER.match(name):
@@ -89,6 +90,8 @@ class TableChecks(Checks):
             self.problem(
                 f"{label}.replace_lookback", t.get("replace_lookback"), 'mode = "replace" needs a positive duration, e.g. "2h"'
             )
+        corrections = self.choice(f"{label}.corrections", t.get("corrections"), "none", CORRECTIONS)
+        version, deleted = self._replacing(label, t, corrections, mode)
         table = TableConfig(
             name=str(name),
             source=str(source),
@@ -112,5 +115,23 @@ class TableChecks(Checks):
             check_columns=self.names(f"{label}.check_columns", t.get("check_columns", [])),
             max_replica_delay=None if (d := t.get("max_replica_delay")) is None else self.duration(f"{label}.max_replica_delay", d, 0),
             sort_by=self.names(f"{label}.sort_by", t.get("sort_by", [])),
+            corrections=corrections,
+            version_column=version,
+            deleted_column=deleted,
         )  # fmt: skip
         return table if len(self.problems) == before else None
+
+    def _replacing(self, label: str, t: dict[str, Any], corrections: str, mode: str) -> tuple[str | None, str | None]:
+        """``version_column`` (required) and ``deleted_column`` of ``corrections = "replacing"``."""
+        version, deleted = t.get("version_column"), t.get("deleted_column")
+        if corrections != "replacing":
+            for key in ("version_column", "deleted_column"):
+                if t.get(key) is not None:
+                    self.problem(f"{label}.{key}", t[key], 'only used with corrections = "replacing"')
+            return None, None
+        if mode != "append":
+            self.problem(f"{label}.mode", mode, 'corrections = "replacing" takes mode = "append"')
+        for key, value, required in (("version_column", version, True), ("deleted_column", deleted, False)):
+            if (value is not None or required) and not (isinstance(value, str) and IDENTIFIER.match(value)):
+                self.problem(f"{label}.{key}", value, "expected the column's name: a letter or _, then letters, digits or _")
+        return (str(version) if version else None), (str(deleted) if deleted else None)

@@ -26,7 +26,7 @@ import pyarrow as pa
 import structlog
 
 from offloader.config import Config, TableConfig
-from offloader.errors import InternalError, LockBusyError, OffloaderError, ShutdownRequested
+from offloader.errors import ConfigError, InternalError, LockBusyError, OffloaderError, ShutdownRequested
 from offloader.ports import AuditRecord, Engine, RunRecord, Sink, SinkTable, StateStore
 from offloader.results import ActionResult, Observer, TableResult
 from offloader.source import Source
@@ -90,6 +90,8 @@ class Outcome:
 
 def headline(exc: BaseException) -> str:
     """The first line of an error's message: what a result, a record or a log line shows."""
+    if isinstance(exc, ConfigError):  # its first line is a bare "invalid configuration:"
+        return "invalid configuration: " + "; ".join(exc.problems)
     text = str(exc)
     return text.splitlines()[0] if text else type(exc).__name__
 

@@ -86,6 +86,17 @@ class WrittenFiles:
     bytes: int = 0
 
 
+@dataclass
+class KeyedRewrite:
+    """The files a correction window rewrites: their rows that stay are already written into
+    the window's open write (as carried rows), so only the old files remain to drop."""
+
+    replaced: list[tuple[Any, pa.Table]]  # (old data file, an empty table): the commit's ``replace``
+    kept: int = 0  # rows carried over into new files: the cost
+    removed: int = 0  # older copies (and deleted keys) removed
+    scanned: int = 0  # files read to find them
+
+
 @dataclass(frozen=True)
 class Mirror:
     """The state store's copy of a table's committed cursor (the Iceberg marker is the truth)."""
@@ -199,6 +210,7 @@ class WindowWrite(Protocol):
     def adopt(self, files: WrittenFiles) -> None: ...
     def flush(self, *, source_rows: bool = True) -> None: ...
     def replaced_files(self, column: str, lo_micros: int, hi_micros: int) -> list[tuple[Any, pa.Table]]: ...
+    def replaced_keys(self, keys: pa.Table) -> KeyedRewrite: ...
     def commit(self, marker: Mapping[str, str], replace: Iterable[tuple[Any, pa.Table]] = ()) -> int: ...
     def discard(self) -> None: ...
 

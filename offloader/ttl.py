@@ -12,7 +12,7 @@ import re
 _TTL_MOVES = re.compile(r"\b(TO\s+(DISK|VOLUME)|RECOMPRESS|GROUP\s+BY)\b", re.IGNORECASE)
 
 
-def _split_top(text: str, sep: str = ",") -> list[str]:
+def split_top(text: str, sep: str = ",") -> list[str]:
     """Split on ``sep`` outside parentheses and quotes."""
     parts, depth, quote_char, start = [], 0, "", 0
     for i, ch in enumerate(text):
@@ -57,7 +57,7 @@ def _rules(clause: str) -> list[str]:
     """The TTL rules of a clause: split at its top-level commas, except those inside a roll-up
     (``GROUP BY k, j SET v = max(v), w = sum(w)``), whose keys and assignments are one rule."""
     rules: list[str] = []
-    for piece in _split_top(clause):
+    for piece in split_top(clause):
         last = rules[-1] if rules else ""
         if re.search(r"\bGROUP\s+BY\b", last, re.IGNORECASE):
             after_set = re.search(r"\sSET\s", last, re.IGNORECASE) is not None

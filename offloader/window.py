@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -34,6 +34,7 @@ from offloader.errors import CatalogError, CommitConflictError, CommitUnknownErr
 from offloader.faults import checkpoint, reply_lost
 from offloader.job import TableJob
 from offloader.ports import COMMIT_KEY, CURSOR_KEY, CUT_KEY, HI_KEY, ROWS_KEY, RUN_KEY, WindowWrite
+from offloader.replacing import Replacing
 from offloader.replica_lag import replica_delay
 from offloader.results import WindowResult
 from offloader.source import read_ahead
@@ -53,8 +54,10 @@ class Windows:
             truncate_datetime64=table.truncate_datetime64,
         )
         self.source = job.source()
-        self.plans = job.sink.plan_columns(self.source.columns(), options)
+        columns = self.source.columns()
+        self.plans = job.sink.plan_columns(columns, options)
         self.table = job.sink.open(table, self.plans, table.target_file_size or job.config.offload.target_file_size)
+        self.replacing = Replacing(table, self.source, columns) if table.corrections == "replacing" else None
         self.mismatches = 0
         self.cut: str | None = None  # the run's cut, recorded in each snapshot's summary
 
@@ -121,8 +124,12 @@ class Windows:
 
     # -- the steps -----------------------------------------------------------------------
 
-    def write(self, window: Window) -> WindowWrite:
-        """Stream the window's rows into data files of an open write; return it."""
+    def write(
+        self, window: Window, batches: Iterator[pa.RecordBatch] | None = None,
+        sift: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None,
+    ) -> WindowWrite:  # fmt: skip
+        """Stream the window's rows (or ``batches``) into data files of an open write; return it.
+        ``sift`` sees each converted batch and returns the rows to write (corrections)."""
         tx = self.table.begin(self.plans)
         stop = "the window in flight was abandoned before its commit"
         try:
@@ -131,10 +138,11 @@ class Windows:
             buffered: list[pa.RecordBatch] = []
             size = 0
             limit = self.job.config.offload.batch_bytes
-            for batch in read_ahead(self.source.read(window, select)):
+            for batch in read_ahead(batches if batches is not None else self.source.read(window, select)):
                 if batch.num_rows == 0:
                     continue
                 converted = convert_batch(batch, self.plans, target)
+                converted = sift(converted) if sift is not None else converted
                 buffered.append(converted)
                 size += converted.nbytes
                 if size >= limit:
@@ -212,6 +220,8 @@ class Windows:
 
     def append(self, window: Window) -> WindowResult | None:
         """The rows after the window's cursor up to its end, in one commit; None when there are none."""
+        if self.replacing is not None:  # corrections: the window's winners replace older copies
+            return self.replacing.append(self, window)
         stats = self.source.stats(window)
         if stats.rows == 0 or stats.last is None:
             return None

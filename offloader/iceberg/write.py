@@ -29,7 +29,7 @@ from offloader.errors import (
 from offloader.iceberg.failures import refusal
 from offloader.iceberg.files import delete_quietly
 from offloader.iceberg.internals import determine_partitions, parquet_format, to_requested_schema, written_bytes
-from offloader.ports import WrittenFiles
+from offloader.ports import KeyedRewrite, WrittenFiles
 
 if TYPE_CHECKING:
     from offloader.iceberg.table import SinkTable
@@ -277,6 +277,25 @@ class WindowWrite:
         except Exception as exc:
             raise self.owner._failure(exc, f"reading files to replace in {self.owner.config.target} failed") from exc
         return result
+
+    def replaced_keys(self, keys: pa.Table) -> KeyedRewrite:
+        """Drop, in this commit, the files holding rows of one of ``keys`` (columns named as the
+        table's); the rows of each that stay are written now, one file at a time, as carried rows."""
+        from offloader.iceberg.keyed import files_holding_keys
+
+        done, read = KeyedRewrite(replaced=[]), [0]
+        try:
+            for old, keep in files_holding_keys(self.owner.table, self.tx.table_metadata, keys, read):
+                self.write(keep, source_rows=False)
+                done.replaced.append((old, keep.slice(0, 0)))
+                done.kept += keep.num_rows
+                done.removed += int(old.record_count) - keep.num_rows
+        except OffloaderError:
+            raise
+        except Exception as exc:
+            raise self.owner._failure(exc, f"reading files to replace in {self.owner.config.target} failed") from exc
+        done.scanned = read[0]
+        return done
 
     def commit(self, marker: Mapping[str, str], replace: Iterable[tuple[Any, pa.Table]] = ()) -> int:
         """Commit the written files (and replaced files) as one snapshot carrying ``marker``.
