@@ -36,6 +36,7 @@ TRANSFORM = re.compile(
 )
 LAYERS = ("bronze", "silver", "gold")
 MODES = ("append", "replace")
+CORRECTIONS = ("none", "mutations")
 ENV_PREFIX = "OFFLOADER__"
 DEFAULT_DATA_DIR = ".offloader"
 DEFAULT_FILE_SIZE = 128 * 2**20  # the data files offloader writes and compacts to, by default
@@ -182,6 +183,7 @@ class TableConfig:
     cron: str | None = None
     check_columns: tuple[str, ...] = ()
     max_replica_delay: float | None = None
+    corrections: str = "none"
 
     @property
     def key_columns(self) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from offloader.config import IDENTIFIER, LAYERS, MODES, TRANSFORM, OffloadConfig, TableConfig
+from offloader.config import CORRECTIONS, IDENTIFIER, LAYERS, MODES, TRANSFORM, OffloadConfig, TableConfig
 from offloader.config_checks import Checks, is_dotted
 
 
@@ -65,7 +65,7 @@ class TableChecks(Checks):
         allowed = {
             "name", "source", "target", "layer", "cursor", "partition_by", "depends_on", "mode", "replace_lookback",
             "uint64", "bigint", "truncate_datetime64", "target_file_size", "safety_lag", "max_window", "cron",
-            "check_columns", "max_window_rows", "max_replica_delay",
+            "check_columns", "max_window_rows", "max_replica_delay", "corrections",
         }  # fmt: skip
         self.unknown_keys(label, t, allowed)
         if not isinstance(name, str) or not IDENTIFIER.match(name):
@@ -111,5 +111,6 @@ class TableChecks(Checks):
             cron=self.cron(f"{label}.cron", t.get("cron")),
             check_columns=self.names(f"{label}.check_columns", t.get("check_columns", [])),
             max_replica_delay=None if (d := t.get("max_replica_delay")) is None else self.duration(f"{label}.max_replica_delay", d, 0),
+            corrections=self.choice(f"{label}.corrections", t.get("corrections"), "none", CORRECTIONS),
         )  # fmt: skip
         return table if len(self.problems) == before else None

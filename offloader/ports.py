@@ -34,6 +34,7 @@ RUN_KEY = "offloader.run-id"
 COMMIT_KEY = "offloader.commit-id"
 ROWS_KEY = "offloader.source-rows"
 HI_KEY = "offloader.window-hi"
+CORRECTIONS_KEY = "offloader.corrections"  # the last source correction applied (corrections.py), carried by every commit
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Marker:
     snapshot_id: int
     source_rows: int
     window_hi: str | None = None
+    corrections: str | None = None
 
 
 @dataclass(frozen=True)
