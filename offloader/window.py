@@ -247,13 +247,9 @@ class Windows:
         window = Window(Cursor((start,)), end, inclusive=True)
         if read:
             stats = self.source.stats(window)
-            rows = stats.rows
-            if (
-                advance
-                and stats.last is not None
-                and stats.last.sort_key() > Cursor.from_json(json.loads(marker[CURSOR_KEY])).sort_key()
-            ):
-                marker = {**marker, CURSOR_KEY: json.dumps(stats.last.to_json())}
+            rows, last = stats.rows, stats.last
+            if advance and last is not None and last.sort_key() > Cursor.from_json(json.loads(marker[CURSOR_KEY])).sort_key():
+                marker = {**marker, CURSOR_KEY: json.dumps(last.to_json())}
             tx = self.write(window)
             self.verify(tx, rows, window)
         else:
