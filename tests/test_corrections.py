@@ -11,7 +11,8 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from helpers import Workspace, assert_same_rows, full_rows, trades_table
+from endpoint import Endpoint, seed
+from helpers import Workspace, assert_exact, assert_same_rows, full_rows, trades_table
 
 from offloader.config import ConfigError
 from offloader.config_loader import load_config
@@ -114,7 +115,7 @@ def test_random_corrections_with_sigkills_leave_iceberg_equal_to_the_source(ws: 
     next_seq = 6000
     settle(ws)
     kills = 0
-    for step in range(7):
+    for step in range(6):
         done = []
         for _ in range(rng.randint(1, 3)):
             kind, next_seq = random_correction(ws, rng, next_seq)
@@ -228,3 +229,25 @@ def test_a_correction_ending_at_the_cursor_time_takes_its_ties_once(ws: Workspac
     assert_cold_is_source(ws)
     marker = ws.iceberg_table(TARGET).current_snapshot().summary.additional_properties
     assert json.loads(marker["offloader.cursor"]) == ["2026-01-01 00:03:19.800000", 5000]
+
+
+def test_corrections_over_http_with_a_sigkill_after_the_commit(ws: Workspace, endpoint: Endpoint) -> None:
+    """Over HTTP, as in production: an ALTER UPDATE and a lightweight DELETE sent to the server
+    reach Iceberg, through a run SIGKILLed right after the correction's commit."""
+    seed(ws, 3000)
+    ws.tables = [trades_table(corrections="mutations")]
+    ws.source["max_window"] = "10m"
+    endpoint.start()
+    assert ws.run_once().returncode == 0
+    client = endpoint.client()
+    client.command(f"ALTER TABLE k2.trades UPDATE price = 2 WHERE ingestion_timestamp <= '2026-01-01 00:00:01'{SYNC}")
+    client.command("DELETE FROM k2.trades WHERE sequence_number = 2500")
+    killed = ws.run_once(kill_at="after_commit:1")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    rerun = ws.run_once()
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert_exact(ws, source=endpoint.rows, rows=2999)
+    src = sorted(endpoint.rows(f"SELECT {CONTENT} FROM k2.trades"))
+    assert_same_rows(src, sorted(ws.duckdb_rows(TARGET, DUCK_CONTENT)), "DuckDB")
+    assert sorted(corrections_applied(ws).values()) == [1, 1]
+    assert endpoint.stop() == 0
