@@ -51,6 +51,20 @@ def run(config: Path, *args: str) -> tuple[float, int, str]:
     return seconds, usage.ru_maxrss * 1024, stdout
 
 
+def bronze_config(work: Path, window: str, extra: str = "") -> Path:
+    """The config of one bronze table on ``work``'s chDB directory, SQLite catalog and state (``extra``: more table keys)."""
+    config = work / "offloader.toml"
+    config.write_text(
+        f'[source]\ndsn = "chdb://{work / "clickhouse"}"\nsafety_lag = "0s"\nmax_window = "{window}"\n'
+        f'[catalog]\nname = "cold"\ntype = "sql"\nuri = "sqlite:///{work}/catalog.db"\nwarehouse = "file://{work / "warehouse"}"\n'
+        f'[state]\ndsn = "sqlite:///{work}/state.db"\n'
+        '[[tables]]\nname = "bronze_trades"\nsource = "k2.bronze_trades"\ntarget = "cold.bronze_trades"\n'
+        'layer = "bronze"\ncursor = ["ingestion_timestamp", "sequence_number"]\npartition_by = ["day(ingestion_timestamp)"]\n'
+        + extra
+    )
+    return config
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)
@@ -61,17 +75,10 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="offloader-bench-maint-"))
-    chdb_dir, warehouse = work / "clickhouse", work / "warehouse"
+    chdb_dir = work / "clickhouse"
     print(f"seeding {args.rows:,} rows over {args.hours:g} h ...", file=sys.stderr)
     seed(chdb_dir, args.rows, args.hours)
-    config = work / "offloader.toml"
-    config.write_text(
-        f'[source]\ndsn = "chdb://{chdb_dir}"\nsafety_lag = "0s"\nmax_window = "{args.window}"\n'
-        f'[catalog]\nname = "cold"\ntype = "sql"\nuri = "sqlite:///{work}/catalog.db"\nwarehouse = "file://{warehouse}"\n'
-        f'[state]\ndsn = "sqlite:///{work}/state.db"\n'
-        '[[tables]]\nname = "bronze_trades"\nsource = "k2.bronze_trades"\ntarget = "cold.bronze_trades"\n'
-        'layer = "bronze"\ncursor = ["ingestion_timestamp", "sequence_number"]\npartition_by = ["day(ingestion_timestamp)"]\n'
-    )
+    config = bronze_config(work, args.window)
     print("offloading in small windows ...", file=sys.stderr)
     offload_s, _, out = run(config, "once")
     maintain_s, maintain_rss, maintain_out = run(config, "maintain")

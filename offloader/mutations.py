@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 from offloader.cursor import format_time, parse_time
 from offloader.ports import Engine
+from offloader.ttl import split_top
 
 
 @dataclass(frozen=True)
@@ -107,38 +108,6 @@ def derived(engine: Engine, database: str, table: str, time_column: str) -> tupl
             if match.group(1).lower() in _STEPS:
                 steps[str(name)] = _STEPS[match.group(1).lower()]
     return steps, utc
-
-
-def split_top(text: str, keyword: str) -> list[str]:
-    """Split ``text`` at ``keyword`` (a word, or ``,``) outside parentheses and quotes."""
-    parts, depth, quote_char, start, i = [], 0, "", 0, 0
-    word = keyword != ","
-    n = len(keyword)
-    while i < len(text):
-        ch = text[i]
-        if quote_char:
-            if ch == "\\":
-                i += 1
-            elif ch == quote_char:
-                quote_char = ""
-        elif ch in "'`\"":
-            quote_char = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif (
-            depth == 0
-            and text[i : i + n].upper() == keyword
-            and (not word or ((i == 0 or not text[i - 1].isalnum()) and (i + n == len(text) or not text[i + n].isalnum())))
-        ):
-            parts.append(text[start:i])
-            start = i + n
-            i += n
-            continue
-        i += 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts]
 
 
 def unwrap(text: str) -> str:
@@ -245,12 +214,19 @@ def _step(side: str, column: str, steps: dict[str, timedelta]) -> timedelta | No
     return None
 
 
+_SHIFT = re.compile(r"^(.+?)\s*([+-])\s*toInterval(Second|Minute|Hour|Day|Week)\(\s*(\d+)\s*\)$", re.I)
+_UNITS = {"second": "seconds", "minute": "minutes", "hour": "hours", "day": "days", "week": "weeks"}
 _QUOTED = re.compile(r"^'(\d{4}-\d\d-\d\d(?:[ T]\d\d:\d\d:\d\d(?:\.\d+)?)?)'$")
 
 
 def _literal(text: str) -> datetime | None:
     """A time literal as ClickHouse prints it: ``'2026-01-02 03:04:05'``, ``toDateTime64('…', 6)``, a Unix time."""
     text = unwrap(text)
+    shifted = _SHIFT.match(text)
+    if shifted:  # ``literal ± toIntervalHour(n)``, as ClickHouse prints ``literal + INTERVAL n HOUR``
+        base = _literal(shifted.group(1))
+        amount = timedelta(**{_UNITS[shifted.group(3).lower()]: int(shifted.group(4))})
+        return None if base is None else base + amount if shifted.group(2) == "+" else base - amount
     call = re.match(r"^(toDateTime64|toDateTime|toDate)\(\s*('[^']*')\s*(?:,\s*\d+\s*)?(?:,\s*'([^']*)'\s*)?\)$", text, re.I)
     if call:  # a literal in another time zone is not read: unbounded
         return _literal(call.group(2)) if call.group(3) in (None, "UTC") else None
