@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from offloader import backfill, clickhouse, consistency, log, maintenance, replicas, reset, workers
+from offloader import backfill, clickhouse, consistency, cuts, federation, log, maintenance, replicas, reset, workers
 from offloader.config import Config, TableConfig
 from offloader.cursor import Cursor, parse_time
 from offloader.errors import ConfigError, OffloaderError
@@ -49,6 +49,7 @@ class TableStatus:
     ttl_risk: bool = False
     unreadable: list[str] = field(default_factory=list)  # the parts that could not be read: catalog, source
     owner: str | None = None  # the live replica that owns the table (replicas.py); None with no replica live
+    iceberg_files: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -76,6 +77,7 @@ class App:
         self.state = StateStore(config.state)
         self.state.migrate()
         self.sink = Sink(config.catalog)
+        self.federation = federation.Federation(config)
         self._engine = engine
         self._owns_engine = engine is None
         self._engine_lock = threading.Lock()
@@ -98,20 +100,27 @@ class App:
         clock: Callable[[], float] = time.time,
     ) -> TableJob:  # fmt: skip
         """What one operation on ``table`` needs, wired from this app's adapters."""
+        views = self.federation
         return TableJob(
             table, self.config, lambda: self.engine, self.sink, self.state, clickhouse.local_arrow_rows,
             observer=observer or Observer(), stop=stop or threading.Event(), clock=clock,
+            after_commit=(lambda j, s: views.after_commit(j.table, j.engine, s, j.observer, j.log)) if views.enabled else None,
         )  # fmt: skip
 
     # -- running ---------------------------------------------------------------------------
 
-    def run_table(self, table: TableConfig, observer: Observer | None = None, stop: threading.Event | None = None) -> TableResult:
-        """One run of one table, retrying transient errors with backoff (``[schedule] retry_*``)."""
+    def run_table(
+        self, table: TableConfig, observer: Observer | None = None, stop: threading.Event | None = None, cut: str | None = None
+    ) -> TableResult:
+        """One run of one table up to ``cut`` at most, retrying transient errors with backoff (``[schedule] retry_*``).
+
+        Whatever stops a run (the source down, the state store failing, a bug) is its outcome,
+        recorded in the run history all the same."""
         policy = self.config.schedule
         stop = stop or threading.Event()
         attempt = 1
         while True:
-            result = self._attempt(table, observer, stop)
+            result = Offload(self.job(table, observer=observer, stop=stop), cut).run()
             error = result.error
             if result.outcome != "failed" or error is None or not error.retryable or attempt >= policy.retry_attempts:
                 result.attempts = attempt
@@ -125,11 +134,6 @@ class App:
             if stop.wait(delay):
                 result.attempts = attempt - 1
                 return result
-
-    def _attempt(self, table: TableConfig, observer: Observer | None, stop: threading.Event) -> TableResult:
-        """One run of one table; whatever stops it (the source down, the state store failing, a bug)
-        is its outcome, recorded in the run history all the same."""
-        return Offload(self.job(table, observer=observer, stop=stop)).run()
 
     def run_cycle(
         self,
@@ -146,6 +150,8 @@ class App:
         new); otherwise it is skipped and says why. A failed table never stops its siblings.
         A table whose upstream another replica owns (``elsewhere``: table -> replica) first
         waits while that upstream is being offloaded (``replicas.wait_for_upstreams``).
+        Every table of the cycle stops at the same cut (``cuts.cycle_cut``), so that a reader
+        joining them at their snapshots of that cut sees one moment of the source.
         """
         from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
@@ -155,6 +161,7 @@ class App:
         parallel = max(1, max_parallel or self.config.schedule.max_parallel)
         results: dict[str, TableResult] = {}
         waiting = list(chosen)
+        cut = cuts.cycle_cut(self.config, chosen, lambda: self.engine, self.log)
         running: dict[Future[TableResult], TableConfig] = {}
         with ThreadPoolExecutor(parallel, thread_name_prefix="offloader-table") as pool:
             while waiting or running:
@@ -172,7 +179,7 @@ class App:
                     elif all(d in results for d in upstream) and len(running) < parallel:
                         held = {d: "another runner" for d in upstream if results[d].held_elsewhere}  # wait for it
                         waits = {**(elsewhere or {}), **held}
-                        running[pool.submit(self._run_after_upstreams, table, waits, observer, stop)] = table
+                        running[pool.submit(self._run_after_upstreams, table, waits, observer, stop, cut)] = table
                         waiting.remove(table)
                 if not running:
                     continue
@@ -184,11 +191,12 @@ class App:
         return [results[t.name] for t in chosen if t.name in results]
 
     def _run_after_upstreams(
-        self, table: TableConfig, elsewhere: Mapping[str, str], observer: Observer | None, stop: threading.Event
-    ) -> TableResult:
+        self, table: TableConfig, elsewhere: Mapping[str, str], observer: Observer | None, stop: threading.Event,
+        cut: str | None,
+    ) -> TableResult:  # fmt: skip
         wait = self.config.replica.upstream_wait
         replicas.wait_for_upstreams(self.state, table, elsewhere, wait, stop, self.log)
-        return self.run_table(table, observer, stop)
+        return self.run_table(table, observer, stop, cut)
 
     def _prune_history(self) -> None:
         """Drop run history older than ``state.history_retention``."""
@@ -269,6 +277,10 @@ class App:
 
     # -- status ------------------------------------------------------------------------------
 
+    def cuts_as_of(self, tables: Iterable[TableConfig], moment: str) -> cuts.Cuts:
+        """Each table's snapshot at the latest consistent cut at or before ``moment``."""
+        return cuts.as_of(self.config, list(tables), self.sink, self.state, moment)
+
     def owners(self) -> dict[str, str | None]:
         """The live replica that owns each table (None for all when no replica runs)."""
         return replicas.assign([t.name for t in self.config.tables], [r.replica_id for r in self.live_replicas()])
@@ -286,19 +298,19 @@ class App:
         for table in tables if tables is not None else self.config.ordered_tables():
             problems, unreadable = [], []
             cursor = mirrors[table.name].cursor if table.name in mirrors else None
-            rows = snapshot = None
+            rows = snapshot = files = None
             copied_to = None  # the time up to which Iceberg holds the source's rows
             try:
                 sink_table = self.sink.load(table, writable=False)
                 if sink_table is not None:
                     marker = sink_table.marker()
-                    rows = sink_table.row_count()
+                    rows, files = sink_table.row_count(), sink_table.file_count()
                     snapshot = marker.snapshot_id if marker else None
                     cursor = marker.cursor if marker else cursor
                     if marker is not None and table.mode == "replace":
                         copied_to = marker.window_hi
                 else:
-                    rows = 0
+                    rows = files = 0
             except OffloaderError as exc:
                 problems.append(str(exc).splitlines()[0])
                 unreadable.append("catalog")
@@ -337,6 +349,7 @@ class App:
                     source_newest=newest,
                     lag_seconds=lag,
                     iceberg_rows=rows,
+                    iceberg_files=files,
                     snapshot_id=snapshot,
                     last_run=None
                     if run is None

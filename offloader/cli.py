@@ -10,7 +10,6 @@ traceback only with ``--debug``, or in a JSON log as the ``internal_error`` even
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import threading
@@ -18,11 +17,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from offloader import __version__, cli_backfill, cli_demo, footprint, log
+from offloader import __version__, cli_backfill, cli_demo, cli_federate, cli_report, cli_snapshots, footprint, log
 from offloader.config import Config, TableConfig
 from offloader.config_loader import load_config
 from offloader.errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ConfigError, OffloaderError
-from offloader.results import AUDITED_ACTIONS, Observer, TableResult
+from offloader.results import AUDITED_ACTIONS, Observer
 
 
 class _Progress(Observer):
@@ -37,8 +36,7 @@ class _Progress(Observer):
             return
         self._last = time.monotonic()
         pct = 100.0 * done / total if total else 100.0
-        end = "\n" if done >= total else ""
-        print(f"\r  {table.name}: {done:,}/{total:,} rows ({pct:5.1f}%)", end=end, file=sys.stderr, flush=True)
+        log.show_progress(f"  {table.name}: {done:,}/{total:,} rows ({pct:5.1f}%)", sys.stderr, done=done >= total)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--table", help="only this table")
 
     cli_backfill.add_parser(sub)
+    cli_snapshots.add_parser(sub)
+    cli_federate.add_parser(sub)
 
     status = sub.add_parser("status", help="cursor, lag, rows in Iceberg and last run of every table")
     status.add_argument("--json", action="store_true", help="print JSON")
@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--repair", action="store_true", help="re-offload every differing bucket, one commit per bucket")
 
     rewind = sub.add_parser("reset", help="move a table's cursor back: delete its Iceberg rows after a time")
-    rewind.add_argument("table", help="the table (its [[tables]] name)")
+    rewind.add_argument("table", nargs="?", help="the table (its [[tables]] name); or give it with --table")
+    rewind.add_argument("--table", dest="table_option", metavar="NAME", help="the table (its [[tables]] name)")
     rewind.add_argument("--to", required=True, help='the UTC time to go back to, e.g. "2026-11-20 00:00:00"')
     rewind.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed when not on a terminal)")
 
@@ -106,9 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         config = load_config(args.config, default=embedded_default)
         service = args.command == "run" or (args.command == "demo" and args.demo_command == "run")
-        log.configure(
-            args.log_level or config.logging.level, config.logging.format, sys.stdout if service else sys.stderr, args.debug
-        )
+        quiet = not service and sys.stderr.isatty()  # a person at a terminal: the result lines, warnings and errors
+        level = args.log_level or ("warning" if quiet else config.logging.level)
+        log.configure(level, config.logging.format, sys.stdout if service else sys.stderr, args.debug)
         log.bind_process(replica=config.replica.id)
         return _dispatch(args, config)
     except ConfigError as exc:
@@ -143,26 +144,30 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             tables = [config.table(args.table)] if args.table else None
             stop = _stop_on_signals()
             results = app.run_cycle(tables, observer=_Progress(sys.stderr.isatty()), stop=stop)
-            code = _report(results)
+            code = cli_report.report(results)
             if config.origin == "embedded default" and any("does not exist" in r.reason for r in results):
                 print("hint: the embedded source is empty; fill it with `offloader demo seed`", file=sys.stderr)
             return 130 if stop.is_set() else code
         if args.command == "backfill":
             return cli_backfill.run(app, args, _Progress(sys.stderr.isatty()), _stop_on_signals())
+        if args.command == "snapshots":
+            return cli_snapshots.run(app, args)
+        if args.command == "federate":
+            return cli_federate.run(app, args)
         if args.command == "status":
-            return _status(app, args.json)
+            return cli_report.status(app, args.json)
         if args.command == "history":
-            return _history(app, args.table, args.limit)
+            return cli_report.history(app, args.table, args.limit)
         if args.command == "run":
             return _serve(app)
         if args.command == "maintain":
-            return _maintain(app, args.table, args.dry_run)
+            return cli_report.maintain(app, args.table, args.dry_run, _stop_on_signals())
         if args.command == "check":
-            return _check(app, args.table, args.since, args.repair)
+            return cli_report.check(app, args.table, args.since, args.repair, _stop_on_signals())
         if args.command == "reset":
-            return _reset(app, args.table, args.to, args.yes)
+            return cli_report.reset(app, args)
         if args.command == "audit":
-            return _audit(app, args.table, args.action, args.limit)
+            return cli_report.audit(app, args.table, args.action, args.limit)
         if args.command == "mirror":
             config.table(args.table)
             app.state.delete_mirror(args.table)
@@ -188,192 +193,6 @@ def _stop_on_signals() -> threading.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
     return stop
-
-
-def _report(results: list[TableResult]) -> int:
-    failed = 0
-    for r in results:
-        if r.outcome == "committed":
-            print(f"{r.table}: committed {r.rows:,} rows in {r.windows} window(s), {r.files} file(s), {r.duration:.2f}s")
-        elif r.outcome == "nothing_new":
-            print(f"{r.table}: nothing new ({r.duration:.2f}s)")
-        elif r.outcome == "stopped":
-            print(f"{r.table}: stopped after {r.rows:,} rows in {r.windows} window(s): {r.reason}")
-        elif r.outcome == "skipped":
-            print(f"{r.table}: skipped: {r.reason}")
-            failed += 0 if r.error is not None else 1  # a lock held elsewhere is not a failure
-        else:
-            failed += 1
-            print(f"{r.table}: FAILED: {r.reason}", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def _fmt_lag(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def _status(app: Any, as_json: bool) -> int:
-    """Print what can be read; exit 1 when a server is down or a table could not be read."""
-    statuses = app.status()
-    code = EXIT_FAILED if any(s.unreadable for s in statuses) else EXIT_OK
-    if as_json:
-        print(json.dumps([s.as_dict() for s in statuses], indent=2, default=str))
-        return code
-    header = ("table", "cursor", "lag", "iceberg rows", "ttl headroom", "last run")
-    rows = []
-    for s in statuses:
-        run = s.last_run
-        last = f"{run['outcome']} {run['started_at']}{' by ' + run['replica'] if run['replica'] else ''}" if run else "never"
-        cursor = " / ".join(str(v) for v in s.cursor) if s.cursor else "-"
-        headroom = (
-            "-"
-            if s.ttl_headroom_seconds is None
-            else "inf"
-            if s.ttl_headroom_seconds == float("inf")
-            else _fmt_lag(s.ttl_headroom_seconds)
-        )
-        rows.append(
-            (
-                s.table, cursor, _fmt_lag(s.lag_seconds), f"{s.iceberg_rows:,}" if s.iceberg_rows is not None else "?",
-                headroom + (" RISK" if s.ttl_risk else ""), last,
-            )
-        )  # fmt: skip
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-    _print_replicas(app)
-    for s in statuses:
-        if s.problem:
-            print(f"{s.table}: {s.problem}", file=sys.stderr)
-    return code
-
-
-def _print_replicas(app: Any) -> None:
-    """The live `offloader run` replicas, and the tables each owns."""
-    live, owned = app.live_replicas(), app.owners()
-    print(f"live replicas: {len(live) or 'none'}")
-    for r in live:
-        tables = ", ".join(t for t, who in owned.items() if who == r.replica_id) or "-"
-        print(
-            f"  {r.replica_id}  host={r.host} pid={r.pid} version={r.version} heartbeat {time.time() - r.heartbeat_at:.0f}s ago  owns: {tables}"
-        )
-
-
-def _history(app: Any, table: str | None, limit: int) -> int:
-    if table:
-        app.config.table(table)
-    for run in app.state.runs(table, limit):
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run.started_at))
-        error = f"  {run.error_class}: {run.error_message}" if run.error_class else ""
-        duration = f"{run.duration_seconds:.2f}s" if run.duration_seconds is not None else "-"
-        print(
-            f"{started}Z  {run.table_name}  {run.outcome}  rows={run.rows_written:,} files={run.files_written} "
-            f"windows={run.windows} {duration}  run={run.run_id} replica={run.replica or '-'}{error}"
-        )
-    return EXIT_OK
-
-
-def _maintain(app: Any, table: str | None, dry_run: bool) -> int:
-    tables = [app.config.table(table)] if table else None
-    failed = 0
-    for r in app.maintain(tables, dry_run=dry_run, stop=_stop_on_signals()):
-        label = "would do" if dry_run and r.outcome == "ok" else r.outcome.replace("_", " ")
-        files = f" files {r.files_before} -> {r.files_after};" if r.files_before is not None else ""
-        line = f"{r.table}: {r.action}: {label}:{files} {r.detail}"
-        if r.outcome in {"failed", "skipped"}:
-            failed += 1
-            print(line, file=sys.stderr)
-        else:
-            print(line)
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def _since(text: str | None) -> str | None:
-    """``--since``: a UTC time, or an age such as "7d" counted back from now."""
-    from datetime import UTC, datetime, timedelta
-
-    from offloader.config import parse_duration
-    from offloader.cursor import format_time, parse_time
-
-    if text is None:
-        return None
-    try:
-        return format_time(datetime.now(UTC) - timedelta(seconds=parse_duration(text)))
-    except ValueError:
-        pass
-    try:
-        return format_time(parse_time(text.replace("T", " ").rstrip("Z")))
-    except ValueError:
-        raise ConfigError(
-            f'--since = {text!r}: expected a UTC time such as "2026-11-01 00:00:00" or an age such as "7d"'
-        ) from None
-
-
-def _check(app: Any, table: str | None, since: str | None, repair: bool) -> int:
-    from offloader.clickhouse import NO_EMBEDDED_ENGINE, embedded_engine_available
-
-    if not embedded_engine_available():
-        raise ConfigError(f"check needs the embedded ClickHouse engine for Iceberg's checksums: {NO_EMBEDDED_ENGINE}")
-    tables = [app.config.table(table)] if table else None
-    bad = 0
-    for r in app.check(tables, since=_since(since), repair=repair, stop=_stop_on_signals()):
-        if r.outcome in {"failed", "skipped"}:
-            bad += 1
-            print(f"{r.table}: check {r.outcome}: {r.detail}", file=sys.stderr)
-            continue
-        if r.lo is None:
-            print(f"{r.table}: nothing to compare: {r.detail}")
-            continue
-        state = {"ok": "consistent", "differs": "DIFFERS", "repaired": "repaired"}[r.outcome]
-        print(f"{r.table}: {state}: {len(r.differing)} of {r.buckets} buckets differ between {r.lo} and {r.hi}")
-        for b in r.differing[:50]:
-            print(f"  {b.start}  clickhouse={b.source_rows:,}  iceberg={b.iceberg_rows:,}  ({b.iceberg_rows - b.source_rows:+,})")
-        if len(r.differing) > 50:
-            print(f"  ... and {len(r.differing) - 50} more buckets")
-        if r.outcome == "differs":
-            bad += 1
-            print(f"  missing in Iceberg: {r.missing_rows:,} rows; extra in Iceberg: {r.extra_rows:,} rows")
-    return EXIT_FAILED if bad else EXIT_OK
-
-
-def _reset(app: Any, table: str, to: str, yes: bool) -> int:
-    from offloader.cursor import format_time, parse_time
-
-    config = app.config.table(table)
-    try:
-        moment = format_time(parse_time(to.replace("T", " ").rstrip("Z")))
-    except ValueError:
-        raise ConfigError(f'--to = {to!r}: expected a UTC time such as "2026-11-20 00:00:00"') from None
-    if not yes:
-        if not sys.stdin.isatty():
-            raise ConfigError("reset deletes rows from Iceberg: pass --yes to confirm when not on a terminal")
-        answer = input(f"Delete the rows of {config.target} after {moment} UTC and move the cursor of {table} back? [y/N] ")
-        if answer.strip().lower() not in {"y", "yes"}:
-            print("nothing changed")
-            return EXIT_FAILED
-    done = app.reset(config, moment)
-    print(
-        f"{table}: cursor moved from {done.old_cursor} to {done.new_cursor}; {done.rows_deleted:,} rows deleted from "
-        f"Iceberg (snapshot {done.snapshot_id}); the next cycle offloads them again"
-    )
-    return EXIT_OK
-
-
-def _audit(app: Any, table: str | None, action: str | None, limit: int) -> int:
-    if table:
-        app.config.table(table)
-    for r in app.state.audits(table, action, limit):
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.started_at))
-        files = f" files {r.files_before} -> {r.files_after}" if r.files_before is not None else ""
-        dry = " (dry run)" if r.dry_run else ""
-        print(f"{started}Z  {r.table_name}  {r.action}  {r.outcome}{dry}{files}  {r.duration_seconds:.2f}s  {r.detail or ''}")
-    return EXIT_OK
 
 
 def _serve(app: Any, before_wait: Any = None) -> int:

@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from offloader.cursor import parse_time
-from offloader.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError
+from offloader.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, UsageError
 from offloader.results import Observer
 
 
@@ -31,7 +31,7 @@ def run(app: Any, args: argparse.Namespace, observer: Observer, stop: threading.
             try:
                 parse_time(value)
             except ValueError:
-                raise ConfigError(f"{flag} {value!r} is not a time: use YYYY-MM-DD hh:mm:ss[.ffffff] (UTC)") from None
+                raise UsageError(f"{flag} {value!r} is not a time: use YYYY-MM-DD hh:mm:ss[.ffffff] (UTC)") from None
     table = app.config.table(args.table)
     r = app.backfill(
         table, start=args.start, end=args.end, processes=args.workers, ray=args.ray, slice_rows=args.slice_rows,

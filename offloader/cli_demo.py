@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from offloader.config import Config
-from offloader.errors import EXIT_OK, ConfigError, OffloaderError
+from offloader.errors import EXIT_OK, ConfigError, OffloaderError, UsageError
 
 
 def run(config: Config, args: argparse.Namespace, serve: Callable[..., int]) -> int:
@@ -30,7 +30,7 @@ def run(config: Config, args: argparse.Namespace, serve: Callable[..., int]) -> 
     try:
         interval = parse_duration(args.interval)
     except ValueError:
-        raise ConfigError(f'--interval = {args.interval!r}: expected a duration such as "5s"') from None
+        raise UsageError(f'--interval = {args.interval!r}: expected a duration such as "5s"') from None
     config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, interval=max(interval, 1.0)))
     app = App(config)
     try:
@@ -67,7 +67,7 @@ def seed(config: Config, rows: int, hours: float) -> int:
     from offloader.clickhouse import connect
 
     if rows <= 0:
-        raise ConfigError(f"--rows = {rows}: expected a positive number of rows")
+        raise UsageError(f"--rows = {rows}: expected a positive number of rows")
     if not config.source.embedded:
         raise ConfigError(f"source.dsn = {config.source.display_dsn!r}: demo seed only fills the embedded engine (chdb://...)")
     engine = connect(config.source)

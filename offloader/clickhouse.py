@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from offloader.config import SourceConfig
-from offloader.errors import AuthenticationError, ConfigError, OffloaderError, SourceError, first_line
+from offloader.errors import AuthenticationError, ConfigError, OffloaderError, SourceError, first_line, network_reason
 from offloader.faults import fail
 from offloader.ports import Engine
 
@@ -173,6 +173,8 @@ class HttpEngine:
         """The error to raise for a clickhouse-connect failure: a refused login is never retried."""
         if getattr(exc, "code", None) in AUTH_FAILED_CODES:
             return AuthenticationError(f"authentication failed at {self.display}: {first_line(exc)}")
+        if getattr(exc, "code", None) is None and (reason := network_reason(exc)):
+            return SourceError(f"{what}: {reason}")
         return SourceError(f"{what}: {first_line(exc)}")
 
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:

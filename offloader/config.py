@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from offloader.errors import ConfigError
+from offloader.errors import ConfigError, UsageError
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -271,6 +271,17 @@ class ReplicaConfig:
 
 
 @dataclass(frozen=True)
+class FederateConfig:
+    """``[federate]``: a ClickHouse view per table over warm and cold rows (offloader/federation.py)."""
+
+    enabled: bool = False
+    database: str | None = None  # where the views go; default: each source table's database
+    warehouse_path: str | None = None  # a local warehouse as ClickHouse sees it; default: catalog.warehouse
+    s3_endpoint: str | None = None  # an S3 warehouse's endpoint as ClickHouse reaches it; default: catalog.s3.endpoint
+    named_collection: str | None = None  # the ClickHouse named collection holding the S3 credentials
+
+
+@dataclass(frozen=True)
 class Config:
     source: SourceConfig
     catalog: CatalogConfig
@@ -282,14 +293,16 @@ class Config:
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
     replica: ReplicaConfig = field(default_factory=ReplicaConfig)
+    federate: FederateConfig = FederateConfig()
     data_dir: Path | None = None
     origin: str = "embedded default"
 
-    def table(self, name: str) -> TableConfig:
+    def table(self, name: str, argument: str = "--table") -> TableConfig:
+        """The table named ``name`` on the command line (``argument`` names where it was given)."""
         for table in self.tables:
             if table.name == name:
                 return table
-        raise ConfigError(f"--table: unknown table {name!r}; configured: {', '.join(t.name for t in self.tables)}")
+        raise UsageError(f"{argument}: unknown table {name!r}; configured: {', '.join(t.name for t in self.tables)}")
 
     def ordered_tables(self) -> list[TableConfig]:
         """Tables in dependency order: every table after all of its upstreams."""

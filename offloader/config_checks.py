@@ -81,7 +81,8 @@ class Checks:
             variables += sorted(value["_from_env"].values())
             value = {k: v for k, v in value.items() if k != "_from_env"}
         origin = f" (from {', '.join(variables)})" if variables else ""
-        self.problems.append(f"{key} = {_shown(key, value)}{origin}: {accepted}")
+        shown = " is missing" if value is None else f" = {_shown(key, value)}"
+        self.problems.append(f"{key}{shown}{origin}: {accepted}")
 
     def from_env(self, label: str, values: dict[str, Any]) -> None:
         """Remember which keys of the section or table ``label`` came from which variable."""

@@ -39,6 +39,7 @@ from offloader.config import (
     secret_name,
 )
 from offloader.config_checks import apply_env, importable, positive_number
+from offloader.config_federate import FederateChecks
 from offloader.config_tables import TableChecks
 from offloader.errors import ConfigError
 
@@ -76,12 +77,12 @@ def load_config(
     return _Validator(raw, env, origin).build()
 
 
-class _Validator(TableChecks):
+class _Validator(TableChecks, FederateChecks):
     """Turns the raw mapping into a Config, section by section."""
 
     def build(self) -> Config:
         known = {"source", "catalog", "state", "tables", "offload", "schedule", "maintenance", "server", "logging", "data_dir"}
-        known.add("replica")
+        known |= {"replica", "federate"}
         for key in self.raw:
             if key not in known:
                 self.problem(key, self.raw[key], f"unknown section; accepted: {', '.join(sorted(known))}")
@@ -95,6 +96,7 @@ class _Validator(TableChecks):
         logging = self.logging(self.section("logging", required=False))
         replica = self.replica(self.section("replica", required=False))
         tables = self.tables(self.raw.get("tables"), offload)
+        federate = self.federate(self.section("federate", required=False), catalog)
         if self.problems:
             raise ConfigError(self.problems)
         data_dir = self.raw.get("data_dir")
@@ -109,6 +111,7 @@ class _Validator(TableChecks):
             server=server,
             logging=logging,
             replica=replica,
+            federate=federate,
             data_dir=Path(data_dir) if data_dir else None,
             origin=self.origin,
         )

@@ -78,6 +78,11 @@ class TableChecks(Checks):
         layer = self.choice(f"{label}.layer", t.get("layer"), "bronze", LAYERS)
         mode = self.choice(f"{label}.mode", t.get("mode"), "append", MODES)
         cursor = self.names(f"{label}.cursor", t.get("cursor"), required=True)
+        corrections = self.choice(f"{label}.corrections", t.get("corrections"), "none", CORRECTIONS)
+        if mode == "replace" and corrections != "none":
+            self.problem(
+                f"{label}.corrections", corrections, 'mode = "replace" re-reads its lookback; corrections are for mode = "append"'
+            )
         if mode == "replace" and len(cursor) != 1:
             self.problem(f"{label}.cursor", t.get("cursor"), 'mode = "replace" takes exactly one time column')
         partition_by = self.names(f"{label}.partition_by", t.get("partition_by", []), pattern=TRANSFORM)
@@ -111,6 +116,6 @@ class TableChecks(Checks):
             cron=self.cron(f"{label}.cron", t.get("cron")),
             check_columns=self.names(f"{label}.check_columns", t.get("check_columns", [])),
             max_replica_delay=None if (d := t.get("max_replica_delay")) is None else self.duration(f"{label}.max_replica_delay", d, 0),
-            corrections=self.choice(f"{label}.corrections", t.get("corrections"), "none", CORRECTIONS),
+            corrections=corrections,
         )  # fmt: skip
         return table if len(self.problems) == before else None

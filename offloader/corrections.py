@@ -31,7 +31,7 @@ from offloader import mutations
 from offloader.cursor import Cursor, time_key
 from offloader.job import TableJob
 from offloader.mutations import Mutation, Touched
-from offloader.ports import CORRECTIONS_KEY
+from offloader.ports import CORRECTIONS_KEY, SinkTable
 from offloader.results import WindowResult
 from offloader.source import Source
 
@@ -71,6 +71,7 @@ class RangeWriter(Protocol):
     """What a correction needs of ``window.Windows`` (the layer beside this one)."""
 
     source: Source
+    table: SinkTable
 
     def carry(self) -> dict[str, str]: ...
     def marker(self, cursor: list[Any], rows: int, hi: str, **extra: str) -> dict[str, str]: ...
@@ -94,10 +95,13 @@ class Corrections:
         self.job, self.windows, self.log = job, windows, log
         self.time_column = job.table.cursor[0]
         self._floor: tuple[str | None] | None = None
+        self.complete_to: str | None = None  # the marker's window end: a correction leaves Iceberg complete up to it
 
     def run(self, cursor: Cursor | None) -> list[WindowResult]:
         t, engine = self.job.table, self.windows.source.engine
         at = Position.from_json(self.windows.carry().get(CORRECTIONS_KEY))
+        marker = self.windows.table.marker()
+        self.complete_to = marker.window_hi if marker is not None else None
         listed = mutations.listed(engine, t.source_database, t.source_table)
         pending: list[Mutation] = []
         for m in (m for m in listed if at.after(m)):
@@ -140,7 +144,7 @@ class Corrections:
             return None
         assert cursor is not None
         lo, hi = bounds
-        marker = self.windows.marker(cursor.to_json(), 0, hi, **key, **{"offloader.operation": "correction"})
+        marker = self.windows.marker(cursor.to_json(), 0, self.complete_to or hi, **key, **{"offloader.operation": "correction"})
         committed = self.windows.replace(lo, hi, marker, advance=True)
         self.windows.carry().update(key)
         self.log.info(

@@ -36,6 +36,32 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:500]
 
 
+_NETWORK = (
+    ("connection refused", "connection refused"),
+    ("name or service not known", "host not found"),
+    ("temporary failure in name resolution", "host not found"),
+    ("nodename nor servname", "host not found"),
+    ("no route to host", "no route to host"),
+    ("network is unreachable", "network unreachable"),
+    ("connection reset", "connection reset"),
+    ("remotedisconnected", "connection closed by the server"),
+    ("connection aborted", "connection reset"),
+    ("timed out", "timed out"),
+)
+
+
+def network_reason(exc: BaseException) -> str | None:
+    """What went wrong on the network, in a few words ("connection refused"), from a library
+    error and its causes; None when the failure is not a network one."""
+    seen: BaseException | None = exc
+    texts: list[str] = []
+    while seen is not None and len(texts) < 10:
+        texts.append(f"{type(seen).__name__} {seen}".lower())
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(texts)
+    return next((reason for pattern, reason in _NETWORK if pattern in text), None)
+
+
 class OffloaderError(Exception):
     """Base of every error offloader raises on purpose."""
 
@@ -51,9 +77,17 @@ class OffloaderError(Exception):
 class ConfigError(OffloaderError):
     """The configuration is invalid. ``problems`` holds one line per problem."""
 
+    header = "invalid configuration"
+
     def __init__(self, problems: list[str] | str) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+        super().__init__(f"{self.header}:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class UsageError(ConfigError):
+    """A command-line argument is wrong (exit code 2, like a bad config)."""
+
+    header = "invalid argument"
 
 
 class SourceError(OffloaderError):

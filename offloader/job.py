@@ -27,7 +27,7 @@ import structlog
 
 from offloader.config import Config, TableConfig
 from offloader.errors import InternalError, LockBusyError, OffloaderError, ShutdownRequested
-from offloader.ports import AuditRecord, Engine, RunRecord, Sink, StateStore
+from offloader.ports import AuditRecord, Engine, RunRecord, Sink, SinkTable, StateStore
 from offloader.results import ActionResult, Observer, TableResult
 from offloader.source import Source
 
@@ -45,6 +45,12 @@ class TableJob:
     observer: Observer = field(default_factory=Observer)
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.time
+    after_commit: Callable[[TableJob, SinkTable], None] | None = None  # the federated view (federation.py)
+
+    def committed(self, sink: SinkTable) -> None:
+        """Tell the after-commit hook the table has a new snapshot (it never raises)."""
+        if self.after_commit is not None:
+            self.after_commit(self, sink)
 
     @property
     def engine(self) -> Engine:

@@ -35,6 +35,51 @@ def _add_process_fields(_logger: Any, _method: str, event: dict[str, Any]) -> di
     return event
 
 
+class _QuietLibraries(logging.Filter):
+    """Drops the libraries' records below ERROR (all of them shown with ``--log-level debug``)."""
+
+    debug = False
+    NAMES = ("urllib3", "clickhouse_connect", "pyiceberg", "apscheduler")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.debug or record.levelno >= logging.ERROR:
+            return True
+        return record.name.split(".", 1)[0] not in self.NAMES
+
+
+_progress = {"pending": False}  # a progress line is on the terminal, not ended yet
+
+
+def show_progress(text: str, stream: TextIO, *, done: bool = False) -> None:
+    """Write a progress line over the previous one; ``done`` ends it."""
+    stream.write(f"\r\033[K{text}{chr(10) if done else ''}")
+    stream.flush()
+    _progress["pending"] = not done
+
+
+def clear_progress(stream: TextIO | None = None) -> None:
+    """Erase a pending progress line, so that what is written next starts on a clean line."""
+    if _progress["pending"]:
+        out = stream or sys.stderr
+        out.write("\r\033[K")
+        out.flush()
+        _progress["pending"] = False
+
+
+class _ClearsProgress:
+    """The log stream on a terminal: a log line first erases the progress line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        clear_progress(self.stream)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None, debug: bool = False) -> None:
     """Configure structlog once for the process; ``debug`` adds the frames' locals to tracebacks."""
     global _json_lines
@@ -57,14 +102,17 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(_ClearsProgress(stream) if stream.isatty() else stream),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # Libraries log through the standard library: keep them quiet unless debugging.
     logging.basicConfig(level=logging.WARNING if level != "debug" else logging.DEBUG, stream=stream)
-    # Their retries and driver warnings are reported by offloader itself, once, as events.
-    for name in ("urllib3", "clickhouse_connect", "pyiceberg", "apscheduler"):
-        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.ERROR)
+    # Their retries and driver warnings are reported by offloader itself, once, as events; a
+    # filter on the handlers, because a library may set its own loggers' levels when imported.
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+            handler.addFilter(_QuietLibraries())
+    _QuietLibraries.debug = level == "debug"
     _json_lines = json_lines
 
 

@@ -50,7 +50,10 @@ class Maintenance:
 
         def body() -> None:
             loaded = self.job.sink.load(self.table, writable=not dry_run)
-            results.extend(self._action(action, loaded, dry_run) for action in actions)
+            for action in actions:
+                results.append(self._action(action, loaded, dry_run))
+                if loaded is not None and results[-1].snapshot_id is not None and not dry_run:
+                    self.job.committed(loaded)  # the view leaves compacted files before expiry may delete them
 
         outcome = guarded(
             self.job, body, self.log, wait=self.settings.lock_wait, crashed="maintenance_crashed", stopped="skipped"

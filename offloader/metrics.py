@@ -10,12 +10,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from offloader import __version__
 from offloader.config import TableConfig
 from offloader.cursor import parse_time
 from offloader.results import AUDITED_ACTIONS, MAINTENANCE_ACTIONS, ActionResult, Observer, TableResult, WindowResult
+
+disable_created_metrics()  # the `_created` series would be about half of /metrics, and nothing reads them
 
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -132,6 +142,12 @@ class Metrics(Observer):
             ["table"],
             registry=r,
         )
+        self.view_failures = Counter(
+            "offloader_federate_view_failures", "Failed replacements of a table's federated view.", ["table"], registry=r
+        )
+        self.view_stale = Gauge(
+            "offloader_federate_view_stale", "1 while the last replacement of the federated view failed.", ["table"], registry=r
+        )
 
     def exposition(self) -> tuple[str, bytes]:
         """The content type and body of ``/metrics``: every metric in the text format."""
@@ -165,6 +181,13 @@ class Metrics(Observer):
 
     def held_elsewhere(self, table: TableConfig) -> None:
         self.held_elsewhere_runs.labels(table=table.name).inc()
+
+    def view_replaced(self, table: TableConfig) -> None:
+        self.view_stale.labels(table=table.name).set(0)
+
+    def view_failed(self, table: TableConfig) -> None:
+        self.view_failures.labels(table=table.name).inc()
+        self.view_stale.labels(table=table.name).set(1)
 
     # -- replicas ----------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ One run of a table, under its runner lock (``job.guarded``):
 2. read the committed cursor from the Iceberg marker, the truth; repair a mirror that is
    behind, stop on a mirror that is ahead (``state``);
 3. take ``hi`` = the ClickHouse server's now() minus the safety lag and minus the source
-   replica's delay (``replica_lag``; above ``max_replica_delay`` the table does not move), and split the backlog
+   replica's delay (``replica_lag``; above ``max_replica_delay`` the table does not move), and
+   never past the cycle's cut, the one ``hi`` of every table in the cycle; split the backlog
    between the cursor and ``hi`` into windows no longer than ``max_window`` and of at most
    ``max_window_rows`` rows (the ties of its last time excepted);
 4. commit each window as ONE snapshot whose summary carries the new cursor, then update the
@@ -26,10 +27,10 @@ from datetime import timedelta
 from typing import Any
 
 from offloader import corrections, replicas
-from offloader.cursor import Cursor, Window, format_time, parse_time
+from offloader.cursor import Cursor, Window, format_time, parse_time, time_key
 from offloader.errors import CommitConflictError
 from offloader.job import Outcome, TableJob, guarded, record_run
-from offloader.ports import RunRecord
+from offloader.ports import FROZEN_KEY, RunRecord
 from offloader.results import TableResult
 from offloader.window import Windows
 
@@ -37,8 +38,9 @@ from offloader.window import Windows
 class Offload:
     """Runs the offload of one table."""
 
-    def __init__(self, job: TableJob) -> None:
+    def __init__(self, job: TableJob, cut: str | None = None) -> None:
         self.job = job
+        self.cut = cut  # the cycle's cut: no table of the cycle goes past it
         table, source = job.table, job.config.source
         self.max_window = table.max_window if table.max_window is not None else source.max_window
         self.max_window_rows = table.max_window_rows if table.max_window_rows is not None else source.max_window_rows
@@ -87,6 +89,7 @@ class Offload:
             for attempt in range(1, attempts + 1):
                 try:
                     self._offload(windows, result, record, log)
+                    self.job.committed(windows.table)  # a view left behind (a kill, a failure) comes forward
                     result.outcome = "committed" if result.windows else "nothing_new"
                     return
                 except CommitConflictError as exc:
@@ -109,9 +112,12 @@ class Offload:
         now = source.server_now()
         lag = windows.lag()
         hi = format_time(now - timedelta(seconds=lag))
+        if self.cut is not None and time_key(self.cut) < time_key(hi):
+            hi = self.cut
+        windows.cut = hi
         record.window_lo, record.window_hi = (cursor.time if cursor else None), hi
         if self.job.table.mode == "replace":
-            frozen = format_time(now - timedelta(seconds=lag + self.job.table.replace_lookback))
+            frozen = format_time(parse_time(hi) - timedelta(seconds=self.job.table.replace_lookback))
             self._replace_windows(windows, cursor, hi, frozen, result)
             return
         total, first = source.backlog(cursor, hi)  # counted once, for progress
@@ -150,7 +156,7 @@ class Offload:
             moved = min(end, frozen, key=lambda t: parse_time(t))
             if floor is not None and parse_time(moved) < parse_time(floor):
                 moved = floor
-            committed = windows.replace(start, end, windows.marker([moved], 0, end))
+            committed = windows.replace(start, end, windows.marker([moved], 0, end, **{FROZEN_KEY: moved}))
             if committed is not None:
                 self._count(result, committed)
                 floor = moved

@@ -144,8 +144,7 @@ class Source:
 
     def server_now(self) -> datetime:
         """The ClickHouse server's clock (never the host's)."""
-        (row,) = self.engine.rows("SELECT toString(now64(6, 'UTC'))")
-        return parse_time(row[0])
+        return server_now(self.engine)
 
     def _where(self, window: Window) -> tuple[str, dict[str, Any]]:
         params: dict[str, Any] = {"hi": window.hi}
@@ -295,3 +294,9 @@ class Source:
         where, params = self._where(window)
         sql = f"SELECT {', '.join(select)} FROM {self.relation} WHERE {where}"
         return self.engine.stream(sql, params)
+
+
+def server_now(engine: Engine) -> datetime:
+    """The ClickHouse server's clock (never the host's)."""
+    (row,) = engine.rows("SELECT toString(now64(6, 'UTC'))")
+    return parse_time(row[0])

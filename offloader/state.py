@@ -192,15 +192,16 @@ class StateStore:
             if not updated:
                 conn.execute(text(f"INSERT INTO offloader_runs ({cols}) VALUES ({', '.join(':' + c for c in values)})"), values)
 
-    def runs(self, table: str | None = None, limit: int = 20) -> list[RunRecord]:
+    def runs(self, table: str | None = None, limit: int = 20, outcome: str | None = None) -> list[RunRecord]:
         from sqlalchemy import text
 
         fields = ", ".join(RunRecord.__dataclass_fields__)
-        where = "WHERE table_name = :t" if table else ""
+        clauses = [c for c, on in (("table_name = :t", table), ("outcome = :o", outcome)) if on]
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._connection("read the run history") as conn:
             rows = conn.execute(
                 text(f"SELECT {fields} FROM offloader_runs {where} ORDER BY started_at DESC LIMIT :n"),
-                {"t": table, "n": limit},
+                {"t": table, "o": outcome, "n": limit},
             ).all()
         return [RunRecord(*row) for row in rows]
 
@@ -217,6 +218,20 @@ class StateStore:
                 )
             ).all()
         return {row[1]: RunRecord(*row) for row in rows}
+
+    def reached(self, table: str, upto: str, limit: int = 5000) -> list[str]:
+        """The ends (``window_hi``) of the table's completed runs at or before ``upto``, newest first."""
+        from sqlalchemy import text
+
+        with self._connection("read the run history") as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT window_hi FROM offloader_runs WHERE table_name = :t AND outcome IN ('committed', 'nothing_new')"
+                    " AND window_hi IS NOT NULL AND window_hi <= :upto ORDER BY window_hi DESC LIMIT :n"
+                ),
+                {"t": table, "upto": upto, "n": limit},
+            ).all()
+        return [row[0] for row in rows]
 
     def prune_runs(self, older_than: float) -> int:
         from sqlalchemy import text

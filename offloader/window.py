@@ -33,7 +33,7 @@ from offloader.cursor import Cursor, Window, micros
 from offloader.errors import CatalogError, CommitConflictError, CommitUnknownError, MirrorAheadError, WindowMismatchError
 from offloader.faults import checkpoint, reply_lost
 from offloader.job import TableJob
-from offloader.ports import COMMIT_KEY, CORRECTIONS_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, Marker, WindowWrite
+from offloader.ports import COMMIT_KEY, CORRECTIONS_KEY, CURSOR_KEY, CUT_KEY, HI_KEY, ROWS_KEY, RUN_KEY, Marker, WindowWrite
 from offloader.replica_lag import replica_delay
 from offloader.results import WindowResult
 from offloader.source import read_ahead
@@ -62,6 +62,7 @@ class Windows:
         self.table = job.sink.open(table, self.plans, table.target_file_size or job.config.offload.target_file_size)
         self.mismatches = 0
         self.carried: dict[str, str] | None = None  # marker keys every commit carries forward (the last correction)
+        self.cut: str | None = None  # the run's cut, recorded in each snapshot's summary
 
     def marker(self, cursor: list[Any], rows: int, hi: str, **extra: str) -> dict[str, str]:
         """The summary of a window's snapshot: the cursor it moves to, and who wrote it."""
@@ -74,6 +75,7 @@ class Windows:
             "offloader.table": self.job.table.name,
             "offloader.version": __version__,
             **self.carry(),
+            **({CUT_KEY: self.cut} if self.cut else {}),
             **extra,
         }
 
@@ -212,6 +214,7 @@ class Windows:
         t = self.job.table
         self.job.state.set_mirror(t.name, t.target, cursor, snapshot_id, self.run_id)
         checkpoint("after_state")
+        self.job.committed(tx.owner)
         done = WindowResult(tx.written.rows, tx.written.bytes, len(tx.written.files), snapshot_id, cursor)
         self.log.info(
             "offload_committed", rows=done.rows, files=done.files, bytes=done.bytes,

@@ -161,6 +161,7 @@ class Workspace:
     schedule: dict[str, Any] = field(default_factory=lambda: {"retry_attempts": 1})
     server: dict[str, Any] = field(default_factory=dict)
     maintenance: dict[str, Any] = field(default_factory=dict)
+    federate: dict[str, Any] = field(default_factory=dict)  # a [federate] section when given
     source_dsn: str | None = None  # overrides the chDB source, e.g. an HTTP endpoint (tests/chhttp.py)
     secret_files: bool = True  # the storage's secrets as catalog.<name>_file keys; else the caller's environment gives them
     _engine: ChdbEngine | None = None
@@ -218,6 +219,8 @@ class Workspace:
             *(f"{k} = {toml_value(v)}" for k, v in self.maintenance.items()),
             "[logging]",
             'format = "json"',
+            *(["[federate]"] if self.federate else []),
+            *(f"{k} = {toml_value(v)}" for k, v in self.federate.items()),
         ]
         for table in self.tables:
             lines.append("[[tables]]")

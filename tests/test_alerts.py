@@ -60,6 +60,8 @@ EXPECTED_METRICS = {
     "offloader_replicas_live": ("gauge", set()),
     "offloader_table_owned": ("gauge", {"table"}),
     "offloader_table_held_elsewhere_total": ("counter", {"table"}),
+    "offloader_federate_view_failures_total": ("counter", {"table"}),
+    "offloader_federate_view_stale": ("gauge", {"table"}),
 }
 # Every alert -> the runbook (docs/runbooks/<file>) of its family.
 ALERT_RUNBOOKS = {

@@ -70,6 +70,9 @@ def test_corrections_accepts_none_and_mutations_only(ws: Workspace) -> None:
         load_config(ws.write_config(), env={})
     message = str(info.value)
     assert "tables.trades.corrections" in message and "'sometimes'" in message and "'mutations'" in message
+    ws.tables = [trades_table(corrections="mutations", cursor=["ingestion_timestamp"], mode="replace", replace_lookback="1h")]
+    with pytest.raises(ConfigError, match=r"tables\.trades\.corrections = 'mutations'.*mode = \"replace\""):
+        load_config(ws.write_config(), env={})
     ws.tables = [trades_table(corrections="mutations")]
     assert load_config(ws.write_config(), env={}).tables[0].corrections == "mutations"
     ws.tables = [trades_table()]
@@ -229,12 +232,16 @@ def test_a_correction_ending_at_the_cursor_time_takes_its_ties_once(ws: Workspac
     setup(ws)
     ws.insert_trades(1000, start="2026-01-01 00:00:00", step_us=200_000)
     settle(ws)
+    complete_to = ws.iceberg_table(TARGET).current_snapshot().summary.additional_properties["offloader.window-hi"]
     ws.insert_trades(1, start="2026-01-01 00:03:19.800", first_seq=5000)  # the cursor is (00:03:19.8, 999)
     ws.engine.command(f"ALTER TABLE k2.trades UPDATE quantity = 3 WHERE sequence_number % 5 = 0{SYNC}")
     settle(ws)
     assert_cold_is_source(ws)
     marker = ws.iceberg_table(TARGET).current_snapshot().summary.additional_properties
     assert json.loads(marker["offloader.cursor"]) == ["2026-01-01 00:03:19.800000", 5000]
+    assert marker["offloader.operation"] == "correction" and marker["offloader.window-hi"] == complete_to, (
+        "a correction leaves the table complete up to the window end before it (a cut point of its own)"
+    )
 
 
 def test_corrections_over_http_with_a_sigkill_after_the_commit(ws: Workspace, endpoint: Endpoint) -> None:

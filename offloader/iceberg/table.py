@@ -25,6 +25,7 @@ from offloader.errors import (
     OffloaderError,
     first_line,
 )
+from offloader.iceberg import lineage
 from offloader.iceberg.evolution import plan_evolution
 from offloader.iceberg.failures import failure, refusal
 from offloader.iceberg.files import (
@@ -39,7 +40,7 @@ from offloader.iceberg.files import (
 from offloader.iceberg.internals import cached_metadata
 from offloader.iceberg.mapping import iceberg_schema
 from offloader.iceberg.write import RollingFiles, WindowWrite
-from offloader.ports import COMMIT_KEY, CORRECTIONS_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, DataFileEntry, Marker
+from offloader.ports import COMMIT_KEY, CORRECTIONS_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, CutPoint, DataFileEntry, Marker
 
 # what keeps a commit's cost flat as the table ages (docs/storage.md)
 BOUNDED_HISTORY = {"commit.manifest-merge.enabled": "true", "write.metadata.delete-after-commit.enabled": "true"}
@@ -123,34 +124,17 @@ class SinkTable:
 
     # -- the marker ----------------------------------------------------------------------
 
-    def _lineage(self) -> Iterator[Any]:
-        from pyiceberg.table.snapshots import ancestors_of
-
-        yield from ancestors_of(self.table.current_snapshot(), self.table.metadata)
-
     def marker(self) -> Marker | None:
         """The marker of the newest offloader commit in the current lineage."""
-        for snapshot in self._lineage():
-            props = snapshot.summary.additional_properties if snapshot.summary else {}
-            if CURSOR_KEY in props:
-                return Marker(
-                    cursor=json.loads(props[CURSOR_KEY]),
-                    run_id=props.get(RUN_KEY, ""),
-                    commit_id=props.get(COMMIT_KEY, ""),
-                    snapshot_id=snapshot.snapshot_id,
-                    source_rows=int(props.get(ROWS_KEY, "0")),
-                    window_hi=props.get(HI_KEY),
-                    corrections=props.get(CORRECTIONS_KEY),
-                )
-        return None
+        return lineage.marker(self.table)
 
     def find_commit(self, commit_id: str) -> int | None:
         """The snapshot id that carries ``commit_id`` in the current lineage, if any."""
-        for snapshot in self._lineage():
-            props = snapshot.summary.additional_properties if snapshot.summary else {}
-            if props.get(COMMIT_KEY) == commit_id:
-                return int(snapshot.snapshot_id)
-        return None
+        return lineage.find_commit(self.table, commit_id)
+
+    def cut_points(self) -> list[CutPoint]:
+        """The offloader snapshots of the current lineage, newest first, each with the time it is complete up to."""
+        return lineage.cut_points(self.table)
 
     def prune_uncommitted_metadata(self) -> int:
         """Delete metadata files that lost a commit race or a crash and can never become current.
@@ -325,12 +309,7 @@ class SinkTable:
             for ref in self.table.metadata.refs.values()
             if ref.snapshot_ref_type in (SnapshotRefType.TAG, SnapshotRefType.BRANCH)
         }
-        for snapshot in self._lineage():
-            keep.add(snapshot.snapshot_id)
-            props = snapshot.summary.additional_properties if snapshot.summary else {}
-            if CURSOR_KEY in props:
-                break
-        return keep
+        return keep | lineage.to_marker(self.table)
 
     def expire(self, snapshot_ids: list[int]) -> None:
         from pyiceberg.exceptions import CommitFailedException
@@ -401,6 +380,12 @@ class SinkTable:
         if snapshot is None or snapshot.summary is None:
             return 0
         return int(snapshot.summary.additional_properties.get("total-records", "0"))
+
+    def file_count(self) -> int:
+        snapshot = self.table.current_snapshot()
+        if snapshot is None or snapshot.summary is None:
+            return 0
+        return int(snapshot.summary.additional_properties.get("total-data-files", "0"))
 
     # -- writing -------------------------------------------------------------------------
 
