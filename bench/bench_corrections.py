@@ -17,18 +17,11 @@ Prints a Markdown table and writes JSON (default bench/results/corrections-<rows
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_maintenance import bronze_config, run  # noqa: E402
-from bench_offload import seed  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench_maintenance import bronze_config, finish, run, seeded  # noqa: E402
 
 
 def source(chdb_dir: Path, sql: str) -> list[list[str]]:
@@ -72,18 +65,8 @@ def correct(work: Path, chdb_dir: Path, config: Path, name: str, where: str) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--hours", type=float, default=24.0)
-    parser.add_argument("--window", default="1h")
-    parser.add_argument("--out")
-    parser.add_argument("--keep", action="store_true")
-    args = parser.parse_args()
-
-    work = Path(tempfile.mkdtemp(prefix="offloader-bench-corr-"))
+    args, work = seeded(__doc__, "offloader-bench-corr-", 1_000_000, 24.0, "1h")
     chdb_dir = work / "clickhouse"
-    print(f"seeding {args.rows:,} rows over {args.hours:g} h ...", file=sys.stderr)
-    seed(chdb_dir, args.rows, args.hours)
     config = bronze_config(work, args.window, 'corrections = "mutations"\n')
     print("offloading ...", file=sys.stderr)
     offload_s, _, _ = run(config, "once")
@@ -115,11 +98,7 @@ def main() -> None:
     print("| " + " | ".join(keys) + " |\n|" + " --- |" * len(keys))
     for row in rows:
         print("| " + " | ".join(str(row[k]) for k in keys) + " |")
-    out_path = Path(args.out) if args.out else ROOT / "bench" / "results" / f"corrections-{args.rows}.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(results, indent=2) + "\n")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+    finish(args, work, "corrections", results)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_offload import seed  # noqa: E402
@@ -65,19 +66,32 @@ def bronze_config(work: Path, window: str, extra: str = "") -> Path:
     return config
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=5_000_000)
-    parser.add_argument("--hours", type=float, default=72.0)
-    parser.add_argument("--window", default="15m")
+def seeded(doc: str | None, prefix: str, rows: int, hours: float, window: str) -> tuple[argparse.Namespace, Path]:
+    """The arguments (--rows, --hours, --window, --out, --keep) and a work folder whose chDB holds the rows."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--hours", type=float, default=hours)
+    parser.add_argument("--window", default=window)
     parser.add_argument("--out")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
-
-    work = Path(tempfile.mkdtemp(prefix="offloader-bench-maint-"))
-    chdb_dir = work / "clickhouse"
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     print(f"seeding {args.rows:,} rows over {args.hours:g} h ...", file=sys.stderr)
-    seed(chdb_dir, args.rows, args.hours)
+    seed(work / "clickhouse", args.rows, args.hours)
+    return args, work
+
+
+def finish(args: argparse.Namespace, work: Path, name: str, results: dict[str, Any]) -> None:
+    """Write ``results`` as JSON (``--out``, or bench/results/<name>-<rows>.json); remove the work folder unless ``--keep``."""
+    out_path = Path(args.out) if args.out else ROOT / "bench" / "results" / f"{name}-{args.rows}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    args, work = seeded(__doc__, "offloader-bench-maint-", 5_000_000, 72.0, "15m")
     config = bronze_config(work, args.window)
     print("offloading in small windows ...", file=sys.stderr)
     offload_s, _, out = run(config, "once")
@@ -101,11 +115,7 @@ def main() -> None:
     print("| figure | result |\n| --- | --- |")
     for key, value in results.items():
         print(f"| {key} | {value} |")
-    out_path = Path(args.out) if args.out else ROOT / "bench" / "results" / f"maintenance-{args.rows}.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(results, indent=2) + "\n")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+    finish(args, work, "maintenance", results)
 
 
 if __name__ == "__main__":
