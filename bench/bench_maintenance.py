@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_offload import seed  # noqa: E402
@@ -51,27 +52,47 @@ def run(config: Path, *args: str) -> tuple[float, int, str]:
     return seconds, usage.ru_maxrss * 1024, stdout
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=5_000_000)
-    parser.add_argument("--hours", type=float, default=72.0)
-    parser.add_argument("--window", default="15m")
-    parser.add_argument("--out")
-    parser.add_argument("--keep", action="store_true")
-    args = parser.parse_args()
-
-    work = Path(tempfile.mkdtemp(prefix="offloader-bench-maint-"))
-    chdb_dir, warehouse = work / "clickhouse", work / "warehouse"
-    print(f"seeding {args.rows:,} rows over {args.hours:g} h ...", file=sys.stderr)
-    seed(chdb_dir, args.rows, args.hours)
+def bronze_config(work: Path, window: str, extra: str = "") -> Path:
+    """The config of one bronze table on ``work``'s chDB directory, SQLite catalog and state (``extra``: more table keys)."""
     config = work / "offloader.toml"
     config.write_text(
-        f'[source]\ndsn = "chdb://{chdb_dir}"\nsafety_lag = "0s"\nmax_window = "{args.window}"\n'
-        f'[catalog]\nname = "cold"\ntype = "sql"\nuri = "sqlite:///{work}/catalog.db"\nwarehouse = "file://{warehouse}"\n'
+        f'[source]\ndsn = "chdb://{work / "clickhouse"}"\nsafety_lag = "0s"\nmax_window = "{window}"\n'
+        f'[catalog]\nname = "cold"\ntype = "sql"\nuri = "sqlite:///{work}/catalog.db"\nwarehouse = "file://{work / "warehouse"}"\n'
         f'[state]\ndsn = "sqlite:///{work}/state.db"\n'
         '[[tables]]\nname = "bronze_trades"\nsource = "k2.bronze_trades"\ntarget = "cold.bronze_trades"\n'
         'layer = "bronze"\ncursor = ["ingestion_timestamp", "sequence_number"]\npartition_by = ["day(ingestion_timestamp)"]\n'
+        + extra
     )
+    return config
+
+
+def seeded(doc: str | None, prefix: str, rows: int, hours: float, window: str) -> tuple[argparse.Namespace, Path]:
+    """The arguments (--rows, --hours, --window, --out, --keep) and a work folder whose chDB holds the rows."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--hours", type=float, default=hours)
+    parser.add_argument("--window", default=window)
+    parser.add_argument("--out")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    print(f"seeding {args.rows:,} rows over {args.hours:g} h ...", file=sys.stderr)
+    seed(work / "clickhouse", args.rows, args.hours)
+    return args, work
+
+
+def finish(args: argparse.Namespace, work: Path, name: str, results: dict[str, Any]) -> None:
+    """Write ``results`` as JSON (``--out``, or bench/results/<name>-<rows>.json); remove the work folder unless ``--keep``."""
+    out_path = Path(args.out) if args.out else ROOT / "bench" / "results" / f"{name}-{args.rows}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    args, work = seeded(__doc__, "offloader-bench-maint-", 5_000_000, 72.0, "15m")
+    config = bronze_config(work, args.window)
     print("offloading in small windows ...", file=sys.stderr)
     offload_s, _, out = run(config, "once")
     maintain_s, maintain_rss, maintain_out = run(config, "maintain")
@@ -94,11 +115,7 @@ def main() -> None:
     print("| figure | result |\n| --- | --- |")
     for key, value in results.items():
         print(f"| {key} | {value} |")
-    out_path = Path(args.out) if args.out else ROOT / "bench" / "results" / f"maintenance-{args.rows}.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(results, indent=2) + "\n")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+    finish(args, work, "maintenance", results)
 
 
 if __name__ == "__main__":

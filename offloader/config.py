@@ -36,7 +36,7 @@ TRANSFORM = re.compile(
 )
 LAYERS = ("bronze", "silver", "gold")
 MODES = ("append", "replace")
-CORRECTIONS = ("none", "replacing")  # how corrected source rows reach Iceberg (docs/corrections-replacing.md)
+CORRECTIONS = ("none", "mutations", "replacing")  # how corrected source rows reach Iceberg (docs/corrections.md)
 ENV_PREFIX = "OFFLOADER__"
 DEFAULT_DATA_DIR = ".offloader"
 DEFAULT_FILE_SIZE = 128 * 2**20  # the data files offloader writes and compacts to, by default

@@ -79,6 +79,11 @@ class TableChecks(Checks):
         layer = self.choice(f"{label}.layer", t.get("layer"), "bronze", LAYERS)
         mode = self.choice(f"{label}.mode", t.get("mode"), "append", MODES)
         cursor = self.names(f"{label}.cursor", t.get("cursor"), required=True)
+        corrections = self.choice(f"{label}.corrections", t.get("corrections"), "none", CORRECTIONS)
+        if mode == "replace" and corrections != "none":
+            self.problem(
+                f"{label}.corrections", corrections, 'mode = "replace" re-reads its lookback; corrections are for mode = "append"'
+            )
         if mode == "replace" and len(cursor) != 1:
             self.problem(f"{label}.cursor", t.get("cursor"), 'mode = "replace" takes exactly one time column')
         partition_by = self.names(f"{label}.partition_by", t.get("partition_by", []), pattern=TRANSFORM)
@@ -90,8 +95,7 @@ class TableChecks(Checks):
             self.problem(
                 f"{label}.replace_lookback", t.get("replace_lookback"), 'mode = "replace" needs a positive duration, e.g. "2h"'
             )
-        corrections = self.choice(f"{label}.corrections", t.get("corrections"), "none", CORRECTIONS)
-        version, deleted = self._replacing(label, t, corrections, mode)
+        version, deleted = self._replacing(label, t, corrections)
         table = TableConfig(
             name=str(name),
             source=str(source),
@@ -121,7 +125,7 @@ class TableChecks(Checks):
         )  # fmt: skip
         return table if len(self.problems) == before else None
 
-    def _replacing(self, label: str, t: dict[str, Any], corrections: str, mode: str) -> tuple[str | None, str | None]:
+    def _replacing(self, label: str, t: dict[str, Any], corrections: str) -> tuple[str | None, str | None]:
         """``version_column`` (required) and ``deleted_column`` of ``corrections = "replacing"``."""
         version, deleted = t.get("version_column"), t.get("deleted_column")
         if corrections != "replacing":
@@ -129,8 +133,6 @@ class TableChecks(Checks):
                 if t.get(key) is not None:
                     self.problem(f"{label}.{key}", t[key], 'only used with corrections = "replacing"')
             return None, None
-        if mode != "append":
-            self.problem(f"{label}.mode", mode, 'corrections = "replacing" takes mode = "append"')
         for key, value, required in (("version_column", version, True), ("deleted_column", deleted, False)):
             if (value is not None or required) and not (isinstance(value, str) and IDENTIFIER.match(value)):
                 self.problem(f"{label}.{key}", value, "expected the column's name: a letter or _, then letters, digits or _")

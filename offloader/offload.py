@@ -26,7 +26,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from offloader import replicas
+from offloader import corrections, replicas
 from offloader.cursor import Cursor, Window, format_time, parse_time, time_key
 from offloader.errors import CommitConflictError
 from offloader.job import Outcome, TableJob, guarded, record_run
@@ -105,6 +105,9 @@ class Offload:
     def _offload(self, windows: Windows, result: TableResult, record: RunRecord, log: Any) -> None:
         cursor = windows.committed_cursor(log)
         windows.table.prune_metadata(log)
+        for corrected in corrections.apply(self.job, windows, cursor, log):  # under the lock, before new windows
+            self._count(result, corrected)
+            cursor = Cursor.from_json(corrected.cursor)
         source = windows.source
         now = source.server_now()
         lag = windows.lag()

@@ -34,6 +34,7 @@ RUN_KEY = "offloader.run-id"
 COMMIT_KEY = "offloader.commit-id"
 ROWS_KEY = "offloader.source-rows"
 HI_KEY = "offloader.window-hi"
+CORRECTIONS_KEY = "offloader.corrections"  # the last source correction applied (corrections.py), carried by every commit
 CUT_KEY = "offloader.cut"  # the run's cut: one time for every table of a cycle
 FROZEN_KEY = "offloader.frozen-cut"  # replace mode: the rows up to this time will not change
 
@@ -48,6 +49,7 @@ class Marker:
     snapshot_id: int
     source_rows: int
     window_hi: str | None = None
+    corrections: str | None = None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 :func:`delete_ttls` finds the TTL expressions that delete rows (moves to a disk or volume,
 recompression and ``GROUP BY`` rollups keep them), so the offload can tell how long the
-source still holds a row it has not copied yet.
+source still holds a row it has not copied yet. :func:`split_top` splits an expression as
+ClickHouse prints it (here and in ``mutations``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,18 @@ import re
 _TTL_MOVES = re.compile(r"\b(TO\s+(DISK|VOLUME)|RECOMPRESS|GROUP\s+BY)\b", re.IGNORECASE)
 
 
-def split_top(text: str, sep: str = ",") -> list[str]:
-    """Split on ``sep`` outside parentheses and quotes."""
-    parts, depth, quote_char, start = [], 0, "", 0
-    for i, ch in enumerate(text):
+def split_top(text: str, keyword: str = ",") -> list[str]:
+    """Split ``text`` at ``keyword`` (``,`` or a word such as ``AND``) outside parentheses and quotes;
+    the parts stripped, empty ones dropped."""
+    parts, depth, quote_char, start, i = [], 0, "", 0, 0
+    word = keyword != ","
+    n = len(keyword)
+    while i < len(text):
+        ch = text[i]
         if quote_char:
-            if ch == quote_char and text[i - 1] != "\\":
+            if ch == "\\":
+                i += 1
+            elif ch == quote_char:
                 quote_char = ""
         elif ch in "'`\"":
             quote_char = ch
@@ -25,9 +32,16 @@ def split_top(text: str, sep: str = ",") -> list[str]:
             depth += 1
         elif ch == ")":
             depth -= 1
-        elif ch == sep and depth == 0:
+        elif (
+            depth == 0
+            and text[i : i + n].upper() == keyword
+            and (not word or ((i == 0 or not text[i - 1].isalnum()) and (i + n == len(text) or not text[i + n].isalnum())))
+        ):
             parts.append(text[start:i])
-            start = i + 1
+            start = i + n
+            i += n
+            continue
+        i += 1
     parts.append(text[start:])
     return [p.strip() for p in parts if p.strip()]
 

@@ -33,11 +33,16 @@ from offloader.cursor import Cursor, Window, micros
 from offloader.errors import CatalogError, CommitConflictError, CommitUnknownError, MirrorAheadError, WindowMismatchError
 from offloader.faults import checkpoint, reply_lost
 from offloader.job import TableJob
-from offloader.ports import COMMIT_KEY, CURSOR_KEY, CUT_KEY, HI_KEY, ROWS_KEY, RUN_KEY, WindowWrite
+from offloader.ports import COMMIT_KEY, CORRECTIONS_KEY, CURSOR_KEY, CUT_KEY, HI_KEY, ROWS_KEY, RUN_KEY, Marker, WindowWrite
 from offloader.replacing import Replacing
 from offloader.replica_lag import replica_delay
 from offloader.results import WindowResult
 from offloader.source import read_ahead
+
+
+def carried(marker: Marker | None) -> dict[str, str]:
+    """The keys of ``marker`` that every commit after it carries forward."""
+    return {CORRECTIONS_KEY: marker.corrections} if marker is not None and marker.corrections else {}
 
 
 class Windows:
@@ -59,6 +64,7 @@ class Windows:
         self.table = job.sink.open(table, self.plans, table.target_file_size or job.config.offload.target_file_size)
         self.replacing = Replacing(table, self.source, columns) if table.corrections == "replacing" else None
         self.mismatches = 0
+        self.carried: dict[str, str] | None = None  # marker keys every commit carries forward (the last correction)
         self.cut: str | None = None  # the run's cut, recorded in each snapshot's summary
 
     def marker(self, cursor: list[Any], rows: int, hi: str, **extra: str) -> dict[str, str]:
@@ -71,9 +77,16 @@ class Windows:
             HI_KEY: hi,
             "offloader.table": self.job.table.name,
             "offloader.version": __version__,
+            **self.carry(),
             **({CUT_KEY: self.cut} if self.cut else {}),
             **extra,
         }
+
+    def carry(self) -> dict[str, str]:
+        """The marker keys every commit carries forward (the last correction applied), read once."""
+        if self.carried is None:
+            self.carried = carried(self.table.marker())
+        return self.carried
 
     def lag(self) -> float:
         """Seconds a run's end stays behind the server's now(): the safety lag and the source
@@ -91,6 +104,7 @@ class Windows:
     def committed_cursor(self, log: Any) -> Cursor | None:
         """The cursor of the Iceberg marker, the truth: a mirror behind it is repaired, one ahead of it stops the run."""
         marker = self.table.marker()
+        self.carried = carried(marker)
         table = self.job.table
         mirror = self.job.state.mirror(table.name)
         truth = Cursor.from_json(marker.cursor) if marker else None
@@ -231,17 +245,24 @@ class Windows:
         snapshot_id = self.commit(tx, self.marker(cursor, stats.rows, window.hi))
         return self.settle(tx, snapshot_id, cursor, window.hi)
 
-    def replace(self, start: str, end: str, marker: dict[str, str], *, read: bool = True) -> WindowResult | None:
+    def replace(
+        self, start: str, end: str, marker: dict[str, str], *, read: bool = True, advance: bool = False
+    ) -> WindowResult | None:
         """Make Iceberg's rows with ``start <= time <= end`` those of ClickHouse, in ONE commit.
 
         The source rows of the range are written (none when not ``read``: the range is then
         deleted), the files holding Iceberg rows of the range are rewritten without them, and
         the snapshot carries ``marker`` with the source row count. Returns None, committing
-        nothing, when a read range is empty on both sides. The caller holds the lock.
+        nothing, when a read range is empty on both sides. The caller holds the lock. With
+        ``advance``, a range ending at the cursor's time moves the cursor to the greatest tuple
+        it wrote (the rows at that time after the cursor are then in Iceberg, taken once).
         """
         window = Window(Cursor((start,)), end, inclusive=True)
         if read:
-            rows = self.source.stats(window).rows
+            stats = self.source.stats(window)
+            rows, last = stats.rows, stats.last
+            if advance and last is not None and last.sort_key() > Cursor.from_json(json.loads(marker[CURSOR_KEY])).sort_key():
+                marker = {**marker, CURSOR_KEY: json.dumps(last.to_json())}
             tx = self.write(window)
             self.verify(tx, rows, window)
         else:

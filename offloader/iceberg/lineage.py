@@ -12,7 +12,18 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from offloader.ports import COMMIT_KEY, CURSOR_KEY, CUT_KEY, FROZEN_KEY, HI_KEY, ROWS_KEY, RUN_KEY, CutPoint, Marker
+from offloader.ports import (
+    COMMIT_KEY,
+    CORRECTIONS_KEY,
+    CURSOR_KEY,
+    CUT_KEY,
+    FROZEN_KEY,
+    HI_KEY,
+    ROWS_KEY,
+    RUN_KEY,
+    CutPoint,
+    Marker,
+)
 
 
 def _lineage(table: Any) -> Iterator[Any]:
@@ -37,6 +48,7 @@ def marker(table: Any) -> Marker | None:
                 snapshot_id=snapshot.snapshot_id,
                 source_rows=int(props.get(ROWS_KEY, "0")),
                 window_hi=props.get(HI_KEY),
+                corrections=props.get(CORRECTIONS_KEY),
             )
     return None
 

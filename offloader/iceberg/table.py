@@ -41,7 +41,7 @@ from offloader.iceberg.internals import cached_metadata
 from offloader.iceberg.mapping import iceberg_schema
 from offloader.iceberg.sorting import data_file_writer
 from offloader.iceberg.write import WindowWrite
-from offloader.ports import COMMIT_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, CutPoint, DataFileEntry, Marker
+from offloader.ports import COMMIT_KEY, CORRECTIONS_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, CutPoint, DataFileEntry, Marker
 
 # what keeps a commit's cost flat as the table ages (docs/storage.md)
 BOUNDED_HISTORY = {"commit.manifest-merge.enabled": "true", "write.metadata.delete-after-commit.enabled": "true"}
@@ -192,8 +192,8 @@ class SinkTable:
         props = {COMMIT_KEY: uuid.uuid4().hex, ROWS_KEY: "0", "offloader.operation": operation}
         if marker is not None:
             props.update({CURSOR_KEY: json.dumps(marker.cursor), RUN_KEY: marker.run_id})
-            if marker.window_hi:
-                props[HI_KEY] = marker.window_hi
+            carried = {HI_KEY: marker.window_hi, CORRECTIONS_KEY: marker.corrections}
+            props.update({key: value for key, value in carried.items() if value})
         return props
 
     def data_files(self, time_column: str) -> list[DataFileEntry]:
