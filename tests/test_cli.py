@@ -40,9 +40,15 @@ def test_history_lists_every_run_with_its_outcome(ws: Workspace) -> None:
     assert ws.cli("once").returncode == 0
     assert ws.cli("once").returncode == 0
     history = ws.cli("history", "--table", "trades")
-    lines = history.stdout.strip().splitlines()
-    assert len(lines) == 2
-    assert "nothing_new" in lines[0] and "committed  rows=100" in lines[1]
+    header, *lines = history.stdout.strip().splitlines()
+    assert header.split() == ["started", "table", "outcome", "rows", "files", "windows", "took", "replica", "run", "error"]
+    assert len(lines) == 2, history.stdout
+    assert lines[0].split()[3:6] == ["nothing_new", "0", "0"] and lines[1].split()[3:7] == ["committed", "100", "1", "1"]
+    assert header.index("rows") == lines[1].index("100"), "the columns are aligned under the header"
+    cut = ws.cli("history", "--table", "trades", "--limit", "1")
+    assert len(cut.stdout.strip().splitlines()) == 3 and "(the newest 1 runs; --limit N shows more)" in cut.stdout
+    refused = ws.cli("history", "--limit", "-1")
+    assert refused.returncode == 2 and "expected a whole number of at least 1" in refused.stderr
 
 
 def test_failed_upstream_skips_its_dependents_and_exits_1(ws: Workspace) -> None:

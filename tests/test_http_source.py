@@ -196,12 +196,14 @@ def test_a_run_that_fails_before_it_starts_is_in_the_history_and_status_exits_1(
 
     history = ws.cli("history", timeout=60)
     assert history.returncode == 0, history.stderr
-    (run,) = history.stdout.splitlines()
-    assert "  trades  failed  rows=0 " in run and f"  SourceError: {reason}" in run, run
+    _header, run = history.stdout.splitlines()
+    assert run.split()[2:5] == ["trades", "failed", "0"] and run.endswith(f"  SourceError: {reason}"), run
+    assert reason == f"cannot connect to ClickHouse at {ws.source_dsn}: connection refused", reason
 
     status = ws.cli("status", timeout=60)
     assert status.returncode == 1, status.stdout + status.stderr
-    header, row, replicas = status.stdout.splitlines()
+    header, row, legend, replicas = status.stdout.splitlines()
+    assert legend.startswith("lag: newest source row minus the cursor"), status.stdout
     assert replicas == "live replicas: none", status.stdout
     assert row.startswith("trades ") and " failed " in row, status.stdout
     assert f"trades: cannot connect to ClickHouse at {ws.source_dsn}: " in status.stderr, status.stderr

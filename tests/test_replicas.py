@@ -263,4 +263,4 @@ def test_the_replica_id_is_in_run_history_status_logs_and_metrics(ws: Workspace)
     assert shown.returncode == 0, shown.stderr
     assert " by pod-x" in shown.stdout and "live replicas: none" in shown.stdout, shown.stdout
     history = ws.cli("history", "--table", "trades")
-    assert "replica=pod-x" in history.stdout, history.stdout
+    assert history.stdout.splitlines()[1].split()[8] == "pod-x", history.stdout

@@ -32,7 +32,10 @@ def test_the_default_is_none(tmp_path: Path) -> None:
         ('corrections = "replacing"\nversion_column = "v"\ndeleted_column = 3\n', "tables.trades.deleted_column"),
         ('version_column = "v"\n', "tables.trades.version_column"),
         ('deleted_column = "d"\n', "tables.trades.deleted_column"),
-        ('corrections = "replacing"\nversion_column = "v"\nmode = "replace"\nreplace_lookback = "1h"\n', "tables.trades.corrections"),
+        (
+            'corrections = "replacing"\nversion_column = "v"\nmode = "replace"\nreplace_lookback = "1h"\n',
+            "tables.trades.corrections",
+        ),
     ],
 )
 def test_bad_corrections_keys_are_refused_naming_the_key(tmp_path: Path, extra: str, problem: str) -> None:
