@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from offloader import federation
 from offloader.config import Config, TableConfig
 from offloader.cursor import format_time, parse_time
 from offloader.ports import CutPoint, Engine, Sink, StateStore
@@ -108,11 +109,7 @@ def as_of(config: Config, tables: Sequence[TableConfig], sink: Sink, state: Stat
 def queries(config: Config, table: TableConfig, location: str, metadata: str, snapshot_id: int) -> dict[str, str]:
     """How four engines read ``table`` at ``snapshot_id`` (each a query to paste)."""
     catalog = config.catalog.name
-    if location.startswith("file://"):
-        clickhouse = f"icebergLocal('{location.removeprefix('file://')}')"
-    else:
-        endpoint = config.catalog.properties.get("s3.endpoint", "https://<s3-endpoint>").rstrip("/")
-        clickhouse = f"icebergS3('{endpoint}/{location.split('://', 1)[1]}/')"
+    clickhouse = federation.reader(config, location, metadata)  # as the federated views reach the warehouse
     duck_path = metadata.removeprefix("file://")
     return {
         "clickhouse": f"SELECT * FROM (SELECT * FROM {clickhouse} SETTINGS iceberg_snapshot_id = {snapshot_id})",

@@ -99,21 +99,34 @@ def view_sql(
     )
 
 
+S3_SCHEMES = {"s3", "s3a", "s3n"}
+
+
 def table_function(config: Config, location: str, metadata_location: str) -> str:
     """The Iceberg table function that reads ``metadata_location`` of the table at ``location``,
     as ClickHouse reaches it (``[federate]``); S3 credentials come from the named collection."""
+    fed = config.federate
+    endpoint = fed.s3_endpoint or config.catalog.properties.get("s3.endpoint")
+    if urlsplit(location).scheme in S3_SCHEMES and (not fed.named_collection or not endpoint):
+        raise ConfigError("federate.named_collection and federate.s3_endpoint are needed for tables in S3")
+    return reader(config, location, metadata_location)
+
+
+def reader(config: Config, location: str, metadata_location: str) -> str:
+    """ClickHouse's Iceberg table function for ``metadata_location`` of the table at ``location``:
+    the path mapped by ``federate.warehouse_path``; on S3 the endpoint of ``[federate]`` or the
+    catalog, credentials from ``federate.named_collection`` when set (else ClickHouse's own)."""
     fed, warehouse = config.federate, config.catalog.warehouse
     location = location.rstrip("/")
     if not metadata_location.startswith(location + "/"):
         raise ConfigError(f"the metadata file {metadata_location} is not under the table's location {location}")
     pinned = literal(metadata_location[len(location) + 1 :])
     parts = urlsplit(location)
-    if parts.scheme in {"s3", "s3a", "s3n"}:
-        endpoint = fed.s3_endpoint or config.catalog.properties.get("s3.endpoint")
-        if not fed.named_collection or not endpoint:
-            raise ConfigError("federate.named_collection and federate.s3_endpoint are needed for tables in S3")
+    if parts.scheme in S3_SCHEMES:
+        endpoint = fed.s3_endpoint or config.catalog.properties.get("s3.endpoint") or "https://<s3-endpoint>"
         url = literal(f"{endpoint.rstrip('/')}/{parts.netloc}{parts.path}/")
-        return f"icebergS3({quote_identifier(fed.named_collection)}, url = {url}, SETTINGS iceberg_metadata_file_path = {pinned})"
+        collection = f"{quote_identifier(fed.named_collection)}, url = " if fed.named_collection else ""
+        return f"icebergS3({collection}{url}, SETTINGS iceberg_metadata_file_path = {pinned})"
     if parts.scheme not in {"", "file"}:
         raise ConfigError(f"federate: ClickHouse cannot read a table at {location} (expected s3:// or a local path)")
     path = parts.path
