@@ -45,7 +45,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from storage import Storage
+from storage import Storage, free_port
 
 from offloader.clickhouse import ChdbEngine
 from offloader.config import Config
@@ -517,3 +517,27 @@ def slug(heading: str) -> str:
 def anchors(path: Path) -> set[str]:
     """The anchors of every heading of a Markdown file."""
     return {slug(line) for line in path.read_text().splitlines() if line.startswith("#")}
+
+
+@contextmanager
+def daemon(ws: Workspace, env: Mapping[str, str] | None = None, **streams: Any) -> Iterator[subprocess.Popen[str]]:
+    """`offloader run` on the workspace, killed at the end if still running. The SQL catalog
+    creates its tables first, so that no reader races the daemon doing it."""
+    catalog = ws.storage.catalog()
+    if hasattr(catalog, "engine"):
+        catalog.engine.dispose()
+    proc = ws.start("run", env=env, **streams)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def service_ws(ws: Workspace, interval: str = "2s") -> int:
+    """The workspace set up for `offloader run`: a schedule, a free port for its endpoints (returned)."""
+    port = free_port()
+    ws.schedule.update(interval=interval, shutdown_timeout="30s")
+    ws.server.update(port=port)
+    return port

@@ -13,8 +13,7 @@ import socket
 import struct
 import threading
 
-from helpers import Workspace, http_get, trades_table, wait_for
-from test_service import daemon, service_ws
+from helpers import Workspace, daemon, http_get, service_ws, trades_table, wait_for
 
 
 def hang_up(port: int) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from endpoint import Endpoint, seed
-from helpers import Workspace, assert_exact, iceberg_rows, trades_table, wait_for
+from helpers import Workspace, assert_exact, daemon, iceberg_rows, service_ws, trades_table, wait_for
 from storage import free_port
 
 
@@ -234,21 +234,15 @@ def test_the_service_over_http_is_exact_and_keeps_pandas_out_of_memory(ws: Works
     from helpers import wait_for
 
     seed(ws, 20_000)
-    ws.schedule.update(interval="1s", shutdown_timeout="30s")
-    ws.server.update(port=free_port())
+    service_ws(ws, interval="1s")
     endpoint.start()
-    proc = ws.start("run")
-    try:
+    with daemon(ws) as proc:
         wait_for(lambda: iceberg_rows(ws, "cold.trades") == 20_000, what="rows offloaded by the service")
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "/pyarrow/" in maps and "/pyiceberg" in maps, "the service has written: its libraries are mapped"
         assert "/pandas/" not in maps, "a service with a remote source loaded pandas"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert_exact(ws, source=endpoint.rows, rows=20_000)
     assert endpoint.stop() == 0
 

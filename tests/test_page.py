@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Workspace, http_get, trades_table, wait_for
-from test_service import daemon, service_ws
+from helpers import Workspace, daemon, http_get, service_ws, trades_table, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 OUTPUT = Path(os.environ.get("OFFLOADER_TEST_OUTPUT", Path(__file__).resolve().parent.parent / "test-output"))

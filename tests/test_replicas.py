@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 import structlog
-from helpers import Workspace, events, http_get, iceberg_rows, trades_table, wait_for
-from storage import free_port
+from helpers import Workspace, daemon, events, http_get, iceberg_rows, service_ws, trades_table, wait_for
 
 from offloader.config import ReplicaConfig, StateConfig, TableConfig, connection_url
 from offloader.replicas import FORGET_AFTER_LEASES, Membership
@@ -214,41 +213,30 @@ def metric(text: str, name: str, **labels: str) -> float | None:
 
 def test_the_replica_id_is_in_run_history_status_logs_and_metrics(ws: Workspace) -> None:
     """`offloader run` with OFFLOADER__REPLICA__ID: its runs, /status, /metrics and every log line carry the id; a clean stop deletes its row; status and history show it after."""
-    port = free_port()
-    ws.schedule.update(interval="2s", shutdown_timeout="30s")
-    ws.server.update(port=port)
+    port = service_ws(ws)
     ws.tables = [trades_table()]
     ws.create_trades()
     ws.insert_trades(500)
-    catalog = ws.storage.catalog()  # the SQL catalog creates its tables before the daemon
-    if hasattr(catalog, "engine"):
-        catalog.engine.dispose()
     log_path = ws.root / "service.log"
     state = StateStore(StateConfig(dsn=ws.pg_dsn))
-    with log_path.open("w") as log:
-        proc = ws.start("run", env={"OFFLOADER__REPLICA__ID": "pod-x"}, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: iceberg_rows(ws) == 500, what="rows")
-            text = wait_for(
-                lambda: (t := http_get(port, "/metrics")[1]) and metric(t, "offloader_table_owned", table="trades") == 1 and t,
-                what="metrics",
-            )
-            assert metric(text, "offloader_replica_info", replica="pod-x", host=socket.gethostname()) == 1
-            assert metric(text, "offloader_replicas_live") == 1
-            assert metric(text, "offloader_table_held_elsewhere_total", table="trades") == 0
-            status = wait_for(
-                lambda: (s := json.loads(http_get(port, "/status")[1])) and s["tables"][0]["last_run"] and s, what="status"
-            )
-            table = status["tables"][0]
-            assert table["owner"] == "pod-x" and table["last_run"]["replica"] == "pod-x", status
-            assert status["replica"] == "pod-x" and [r["replica_id"] for r in status["replicas"]] == ["pod-x"], status
-            assert [r.replica_id for r in state.replicas()] == ["pod-x"]
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=90) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    with log_path.open("w") as log, daemon(ws, {"OFFLOADER__REPLICA__ID": "pod-x"}, stdout=log, stderr=subprocess.STDOUT) as proc:
+        wait_for(lambda: iceberg_rows(ws) == 500, what="rows")
+        text = wait_for(
+            lambda: (t := http_get(port, "/metrics")[1]) and metric(t, "offloader_table_owned", table="trades") == 1 and t,
+            what="metrics",
+        )
+        assert metric(text, "offloader_replica_info", replica="pod-x", host=socket.gethostname()) == 1
+        assert metric(text, "offloader_replicas_live") == 1
+        assert metric(text, "offloader_table_held_elsewhere_total", table="trades") == 0
+        status = wait_for(
+            lambda: (s := json.loads(http_get(port, "/status")[1])) and s["tables"][0]["last_run"] and s, what="status"
+        )
+        table = status["tables"][0]
+        assert table["owner"] == "pod-x" and table["last_run"]["replica"] == "pod-x", status
+        assert status["replica"] == "pod-x" and [r["replica_id"] for r in status["replicas"]] == ["pod-x"], status
+        assert [r.replica_id for r in state.replicas()] == ["pod-x"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0
     try:
         assert state.replicas() == [], "a clean shutdown deletes the replica's row"
         runs = state.runs("trades")

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from helpers import Workspace, assert_exact, http_get, iceberg_rows, run_cli, trades_table, wait_for
+from helpers import Workspace, assert_exact, daemon, http_get, iceberg_rows, run_cli, service_ws, trades_table, wait_for
 from storage import free_port
 
 SENTINEL = "s3ntinel-Pa55-do-not-log"
@@ -28,27 +25,6 @@ def metric(text: str, name: str, **labels: str) -> float:
         if sample == name and ",".join(sorted(label_text.rstrip("}").split(","))) == want:
             return float(value)
     return 0.0
-
-
-@contextmanager
-def daemon(ws: Workspace, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
-    catalog = ws.storage.catalog()  # the SQL catalog creates its tables: before the daemon, so that no reader races it
-    if hasattr(catalog, "engine"):
-        catalog.engine.dispose()
-    proc = ws.start("run", env=env)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def service_ws(ws: Workspace, interval: str = "2s") -> int:
-    port = free_port()
-    ws.schedule.update(interval=interval, shutdown_timeout="30s")
-    ws.server.update(port=port)
-    return port
 
 
 def test_daemon_offloads_and_metrics_match_what_was_offloaded(ws: Workspace) -> None:
