@@ -455,6 +455,7 @@ def test_init_scripts_are_valid_and_get_their_variables(compose: dict[str, Any])
 def test_feed_sql_runs_against_the_clickhouse_schema(tmp_path: Path) -> None:
     """The feed's backfill and live INSERTs run against config/clickhouse/schema.sql (in chDB) and reach silver and gold."""
     import chdb  # a dependency of offloader: never skipped
+
     bash = shutil.which("bash")
     assert bash, "bash is needed to render the feed's SQL"
     env = {**os.environ, "FEED_PRINT_SQL": "1", "FEED_BACKFILL_ROWS": "600", "FEED_BACKFILL_HOURS": "2", "FEED_ROWS": "7"}
