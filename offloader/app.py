@@ -20,14 +20,14 @@ from typing import Any
 
 import structlog
 
-from offloader import backfill, clickhouse, consistency, cuts, federation, log, maintenance, replicas, reset, workers
+from offloader import backfill, clickhouse, consistency, cuts, federation, log, maintenance, recovery, replicas, reset, workers
 from offloader.config import Config, TableConfig, format_duration
 from offloader.cursor import Cursor, parse_time
 from offloader.errors import ConfigError, OffloaderError
 from offloader.iceberg import Sink
 from offloader.job import TableJob
 from offloader.offload import Offload
-from offloader.ports import Engine, ReplicaRecord
+from offloader.ports import Engine, Recovered, ReplicaRecord
 from offloader.results import MAINTENANCE_ACTIONS, ActionResult, Observer, TableResult
 from offloader.source import Source
 from offloader.state import StateStore
@@ -269,6 +269,10 @@ class App:
     def reset(self, table: TableConfig, to: str, observer: Observer | None = None) -> reset.ResetResult:
         """Move the table's cursor back to ``to`` in one commit (rows after it are deleted from Iceberg)."""
         return reset.Reset(self.job(table, observer=observer)).run(to)
+
+    def recover(self, table: TableConfig, *, location: str | None, metadata: str | None, dry_run: bool) -> Recovered:
+        """Register the table again from its warehouse files (the catalog lost it, or is behind)."""
+        return recovery.recover(self.job(table), location=location, metadata=metadata, dry_run=dry_run)
 
     def ttl_headroom(self, table: TableConfig, cursor: list[Any] | None) -> float | None:
         """Seconds before the source TTL deletes the oldest row not offloaded yet (None without a TTL)."""

@@ -1,7 +1,7 @@
 """The command line: ``offloader [--config PATH] COMMAND``.
 
 Commands: ``once`` (one cycle), ``backfill`` (a table's history by parallel workers), ``status``, ``history``, ``run`` (the service), ``maintain``,
-``check``, ``reset``, ``audit``, ``demo seed`` and ``mirror reset``. Every failure ends in a precise one-line message per problem on
+``check``, ``reset``, ``audit``, ``catalog recover``, ``demo seed`` and ``mirror reset``. Every failure ends in a precise one-line message per problem on
 stderr and a non-zero exit: 2 for bad config or usage, 1 for a failed table or a dead
 server (``status`` too, after printing what it could read), 70 for an internal error (its
 traceback only with ``--debug``, or in a JSON log as the ``internal_error`` event, without locals).
@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from offloader import __version__, cli_backfill, cli_demo, cli_federate, cli_report, cli_snapshots, footprint, log
+from offloader import __version__, cli_backfill, cli_catalog, cli_demo, cli_federate, cli_report, cli_snapshots, footprint, log
 from offloader.config import Config, TableConfig
 from offloader.config_loader import load_config
 from offloader.errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ConfigError, OffloaderError
@@ -53,6 +53,7 @@ EXAMPLES = {
     "audit": "offloader audit --action compact --limit 10",
     "demo": "offloader demo seed --rows 1000000",
     "mirror": "offloader mirror reset --table silver_trades",
+    "catalog": "offloader catalog recover --dry-run",
 }
 
 
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_backfill.add_parser(sub)
     cli_snapshots.add_parser(sub)
     cli_federate.add_parser(sub)
+    cli_catalog.add_parser(sub)
 
     status = sub.add_parser("status", help="cursor, lag, rows in Iceberg and last run of every table")
     status.add_argument("--table", help="only this table (default: every table)")
@@ -201,6 +203,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             return cli_snapshots.run(app, args)
         if args.command == "federate":
             return cli_federate.run(app, args)
+        if args.command == "catalog":
+            return cli_catalog.run(app, args)
         if args.command == "status":
             return cli_report.status(app, args.json, args.table)
         if args.command == "history":

@@ -136,6 +136,12 @@ class CommitUnknownError(CatalogError):
     """The commit may or may not have landed; settle it from the snapshot history."""
 
 
+class RecoveryError(CatalogError):
+    """The warehouse does not say which metadata file is the table: recovery names the candidates."""
+
+    retryable = False
+
+
 class StateError(OffloaderError):
     """offloader's own state store (watermark mirror, run history) failed."""
 

@@ -3,7 +3,8 @@
 ``OFFLOADER_KILL_AT=<point>`` makes the process SIGKILL itself when it reaches that point
 (optionally ``<point>:<n>`` for the n-th time). The points are the moments at which a crash
 is most interesting for exactly-once: after the window was read, after its files were
-written, after the Iceberg commit, after the state mirror was updated. Unset, a checkpoint
+written, after the catalog took the commit but before its landed record was written
+(``iceberg/recovery.py``), after the Iceberg commit, after the state mirror was updated. Unset, a checkpoint
 costs two dictionary lookups.
 
 ``OFFLOADER_SLOW_AT=<point>:<seconds>`` makes the process sleep that long each time it reaches
@@ -33,7 +34,7 @@ import signal
 import time
 from collections import Counter
 
-POINTS = ("after_read", "after_write", "after_commit", "after_state")
+POINTS = ("after_read", "after_write", "before_landed_record", "after_commit", "after_state")
 ENV = "OFFLOADER_KILL_AT"
 SLOW_ENV = "OFFLOADER_SLOW_AT"
 LOSE_REPLY_ENV = "OFFLOADER_LOSE_COMMIT_REPLY"

@@ -30,7 +30,7 @@ from offloader.config import format_duration
 from offloader.cursor import micros
 from offloader.errors import CatalogError, CommitConflictError
 from offloader.job import TableJob, finish_action, guarded, settle
-from offloader.ports import DataFileEntry, SinkTable
+from offloader.ports import DataFileEntry, SinkTable, plain_location
 from offloader.results import MAINTENANCE_ACTIONS, ActionResult
 
 SMALL = 0.75  # a file under this share of the target size is worth compacting
@@ -213,18 +213,18 @@ class Maintenance:
     # -- orphan removal ----------------------------------------------------------------
 
     def remove_orphans(self, sink_table: SinkTable, result: ActionResult) -> None:
-        referenced = {_plain(p) for p in sink_table.referenced_files()}
+        referenced = {plain_location(p) for p in sink_table.referenced_files()}
         listed = sink_table.all_files()
-        live = {_plain(e.path) for e in sink_table.data_files(self.table.cursor[0])}
-        seen = {_plain(path) for path, _, _ in listed}
-        if _plain(sink_table.metadata_location) not in seen or not live <= seen:
+        live = {plain_location(e.path) for e in sink_table.data_files(self.table.cursor[0])}
+        seen = {plain_location(path) for path, _, _ in listed}
+        if plain_location(sink_table.metadata_location) not in seen or not live <= seen:
             raise CatalogError(
                 f"{self.table.target}: the files listed under {sink_table.location} do not include the "
                 "table's own metadata and data files; orphan removal deleted nothing"
             )
         cutoff = self.job.clock() - self.settings.orphan_age
-        orphans = [(path, size) for path, mtime, size in listed if _plain(path) not in referenced and mtime < cutoff]
-        young = sum(1 for path, mtime, _ in listed if _plain(path) not in referenced and mtime >= cutoff)
+        orphans = [(path, size) for path, mtime, size in listed if plain_location(path) not in referenced and mtime < cutoff]
+        young = sum(1 for path, mtime, _ in listed if plain_location(path) not in referenced and mtime >= cutoff)
         result.files_before = len(listed)
         result.bytes_before = sum(size for _, _, size in listed)
         result.detail = (
@@ -247,11 +247,3 @@ class Maintenance:
         result.files_after = len(listed) - result.files_removed
         result.bytes_after = result.bytes_before - result.bytes_removed
         result.detail = "deleted " + result.detail
-
-
-def _plain(path: str) -> str:
-    """A location without its ``file:`` scheme, so listings and metadata compare equal."""
-    for prefix in ("file://", "file:"):
-        if path.startswith(prefix):
-            return path[len(prefix) :]
-    return path

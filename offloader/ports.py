@@ -39,6 +39,14 @@ CUT_KEY = "offloader.cut"  # the run's cut: one time for every table of a cycle
 FROZEN_KEY = "offloader.frozen-cut"  # replace mode: the rows up to this time will not change
 
 
+def plain_location(path: str) -> str:
+    """A location without its ``file:`` scheme, so listings and metadata compare equal."""
+    for prefix in ("file://", "file:"):
+        if path.startswith(prefix):
+            return path[len(prefix) :]
+    return path
+
+
 @dataclass(frozen=True)
 class Marker:
     """The progress marker of the last offloader commit in a table's snapshot lineage."""
@@ -97,6 +105,19 @@ class KeyedRewrite:
     kept: int = 0  # rows carried over into new files: the cost
     removed: int = 0  # older copies (and deleted keys) removed
     scanned: int = 0  # files read to find them
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What ``catalog recover`` did to one table (``action``: registered, current, would register)."""
+
+    table_name: str
+    action: str
+    metadata_location: str
+    version: int
+    cursor: list[Any] | None
+    snapshot_id: int | None
+    passed_over: tuple[str, ...] = ()  # newer files never known to have landed, left unregistered
 
 
 @dataclass(frozen=True)
@@ -260,6 +281,10 @@ class Sink(Protocol):
     def plan_columns(self, columns: list[tuple[str, str]], options: TypeOptions) -> list[ColumnPlan]: ...
     def open(self, table: TableConfig, plans: list[ColumnPlan], file_size: int | None = None) -> SinkTable: ...
     def load(self, table: TableConfig, *, writable: bool = True) -> SinkTable | None: ...
+    def recover(
+        self, table: TableConfig, *, location: str | None = None, metadata: str | None = None,
+        snapshot_ids: set[int] | None = None, dry_run: bool = False,
+    ) -> Recovered: ...  # fmt: skip
 
 
 class Workers(Protocol):

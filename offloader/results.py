@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # The maintenance actions, in the order they run, and every operation the audit log records.
 MAINTENANCE_ACTIONS = ("compact", "expire_snapshots", "remove_orphans")
-AUDITED_ACTIONS = (*MAINTENANCE_ACTIONS, "check", "repair", "reset")
+AUDITED_ACTIONS = (*MAINTENANCE_ACTIONS, "check", "repair", "reset", "recover")
 
 
 @dataclass

@@ -23,8 +23,10 @@ from offloader.faults import fail
 from offloader.iceberg.failures import failure, refusal
 from offloader.iceberg.internals import bounded_rest_catalog, lean_sql_catalog
 from offloader.iceberg.mapping import iceberg_schema, plan_columns
+from offloader.iceberg.recovery import record_landed, recover, refuse_lost_table
 from offloader.iceberg.sorting import ensure_sort_order, sort_order
 from offloader.iceberg.table import BOUNDED_HISTORY, SinkTable
+from offloader.ports import Recovered
 
 TABLE_PROPERTIES = {
     "format-version": "2",
@@ -100,7 +102,7 @@ class Sink:
             try:
                 return SinkTable(ensure_sort_order(self.catalog.load_table(identifier), table), table)
             except NoSuchTableError:
-                pass
+                refuse_lost_table(self.catalog, table)
             try:
                 self.catalog.create_namespace_if_not_exists(table.target_namespace)
             except NamespaceAlreadyExistsError:
@@ -116,6 +118,7 @@ class Sink:
                 created = self.catalog.create_table(
                     identifier, schema=schema, partition_spec=spec, sort_order=order, properties=properties
                 )
+                record_landed(created)
             except TableAlreadyExistsError:
                 created = ensure_sort_order(self.catalog.load_table(identifier), table)
             except Exception:  # a concurrent create can surface as the catalog's unique violation
@@ -127,6 +130,25 @@ class Sink:
             raise
         except Exception as exc:
             raise self._failure(exc, f"cannot open Iceberg table {identifier}") from exc
+
+    def recover(
+        self,
+        table: TableConfig,
+        *,
+        location: str | None = None,
+        metadata: str | None = None,
+        snapshot_ids: set[int] | None = None,
+        dry_run: bool = False,
+    ) -> Recovered:
+        """Register the table again from its warehouse files (``iceberg/recovery.py``)."""
+        try:
+            return recover(
+                self.catalog, table, location=location, metadata=metadata, snapshot_ids=snapshot_ids or set(), dry_run=dry_run
+            )
+        except OffloaderError:
+            raise
+        except Exception as exc:
+            raise self._failure(exc, f"cannot recover Iceberg table {table.target}") from exc
 
     def load(self, table: TableConfig, *, writable: bool = True) -> SinkTable | None:
         """The destination table if it exists, else None; never creates it."""

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from offloader.config import TableConfig
 from offloader.errors import InternalError, SchemaError
 from offloader.iceberg.internals import written_bytes
+from offloader.iceberg.recovery import record_landed
 from offloader.iceberg.write import RollingFiles, split_partitions
 
 RUN_BYTES = 48 * 2**20
@@ -100,7 +101,9 @@ def ensure_sort_order(table: Any, config: TableConfig) -> Any:
             for column in config.sort_by:
                 update.asc(column, IdentityTransform())
         try:
-            return tx.commit_transaction()
+            table = tx.commit_transaction()
+            record_landed(table)
+            return table
         except CommitFailedException:
             if attempt == 2:
                 raise

@@ -39,6 +39,7 @@ from offloader.iceberg.files import (
 )
 from offloader.iceberg.internals import cached_metadata
 from offloader.iceberg.mapping import iceberg_schema
+from offloader.iceberg.recovery import landed_path, record_landed
 from offloader.iceberg.sorting import data_file_writer
 from offloader.iceberg.write import WindowWrite
 from offloader.ports import COMMIT_KEY, CORRECTIONS_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, CutPoint, DataFileEntry, Marker
@@ -69,6 +70,7 @@ class SinkTable:
         if wanted:
             try:
                 self.table = self.table.transaction().set_properties(wanted).commit_transaction()
+                record_landed(self.table)
             except Exception as exc:
                 settings = ", ".join(f"{k}={v}" for k, v in wanted.items())
                 raise self._failure(exc, f"cannot set {settings} on {self.config.target}") from exc
@@ -287,6 +289,7 @@ class SinkTable:
                 for data_file in added:
                     producer.append_data_file(data_file)
             self.table = tx.commit_transaction()
+            record_landed(self.table)
         except CommitFailedException as exc:
             for path in paths:
                 delete_quietly(self.table.io, path)
@@ -322,6 +325,7 @@ class SinkTable:
             tx = cached_metadata(Transaction(self.table, autocommit=True))
             ExpireSnapshots(transaction=tx).by_ids(snapshot_ids).commit()
             self.refresh()
+            record_landed(self.table)
         except CommitFailedException as exc:
             raise CommitConflictError(f"{self.config.target}: another writer committed first ({exc})") from exc
         except Exception as exc:
@@ -332,7 +336,7 @@ class SinkTable:
         lists, manifests, data and delete files."""
         metadata = self.table.metadata
         io = self.table.io
-        refs = {self.table.metadata_location}
+        refs = {self.table.metadata_location, landed_path(metadata.location)}
         refs |= {entry.metadata_file for entry in metadata.metadata_log}
         refs |= {s.statistics_path for s in metadata.statistics}
         refs |= {s.statistics_path for s in getattr(metadata, "partition_statistics", [])}

@@ -26,9 +26,11 @@ from offloader.errors import (
     OffloaderError,
     first_line,
 )
+from offloader.faults import checkpoint
 from offloader.iceberg.failures import refusal
 from offloader.iceberg.files import delete_quietly
 from offloader.iceberg.internals import determine_partitions, parquet_format, to_requested_schema, written_bytes
+from offloader.iceberg.recovery import record_landed
 from offloader.ports import KeyedRewrite, WrittenFiles
 
 if TYPE_CHECKING:
@@ -332,6 +334,8 @@ class WindowWrite:
             raise refusal(exc, self.io.properties) or CommitUnknownError(
                 f"{self.owner.config.target}: commit outcome unknown: {first_line(exc)}"
             ) from exc
+        checkpoint("before_landed_record")
+        record_landed(self.owner.table)
         snapshot = self.owner.table.current_snapshot()
         return int(snapshot.snapshot_id)
 
