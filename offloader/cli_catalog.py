@@ -38,6 +38,9 @@ def run(app: Any, args: argparse.Namespace) -> int:
             print(f"{table.name}: not recovered: {str(exc).removeprefix(f'{table.name}: ')}")
             code = EXIT_FAILED
             continue
+        if found.action == "absent":
+            print(f"{table.name}: nothing to recover: no table, and no metadata file at {found.metadata_location}")
+            continue
         what = "already current" if found.action == "current" else found.action
         print(
             f"{table.name}: {what}: {found.metadata_location} "

@@ -36,6 +36,9 @@ NOT_RUN = {
         "the long-running service never exits by itself; tests/test_service.py and "
         "tests/test_prometheus_e2e.py start it as a daemon and stop it with SIGTERM"
     ),
+    "offloader catalog recover --table <table> --metadata <the landed file's location>": (
+        "it needs a lost table and the file recovery named; tests/test_recovery.py loses the catalog and performs it"
+    ),
 }
 
 # Exit codes a command documents for a problem it reports, besides 0, with the output that must
@@ -109,7 +112,7 @@ def test_the_issue_s_runbooks_exist() -> None:
     names = {p.name for p in _runbooks()}
     assert names == {
         "offload-failure.md", "high-lag.md", "slow-cycle.md", "watermark.md", "scheduler-down.md",
-        "data-mismatch.md", "ttl-risk.md",
+        "data-mismatch.md", "ttl-risk.md", "disaster-recovery.md", "bad-commit.md",
     }  # fmt: skip
     assert INDEX.is_file()
 

@@ -234,6 +234,8 @@ def recover(
         )
     io = existing.io if existing is not None else load_file_io(catalog.properties, where)
     files = list_metadata(io, where, catalog.properties)
+    if not files and existing is None:
+        return Recovered(config.name, "absent", where, 0, None, None)  # never created: nothing to recover
     named = [n for n in (read_landed(io, where), existing.metadata_location if existing is not None else None) if n]
     choice = choose(files, landed(files, named, snapshot_ids), config.name, metadata)
     chosen = choice.chosen
