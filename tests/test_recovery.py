@@ -21,6 +21,7 @@ import uuid
 from typing import Any
 
 import psycopg2
+import pytest
 from helpers import Workspace, assert_exact, trades_table
 
 STATE_TABLES = ("offloader_watermarks", "offloader_runs", "maintenance_audit_log", "offloader_replicas")
@@ -52,10 +53,6 @@ def _offloaded(ws: Workspace, hours: int = 3) -> None:
         assert done.returncode == 0, done.stderr[-2000:]
 
 
-def _metadata_files(ws: Workspace) -> list[str]:
-    return sorted(p.name for p in (ws.warehouse / "cold" / "trades" / "metadata").glob("*.metadata.json"))
-
-
 def _current_location(ws: Workspace) -> str:
     (row,) = _sql(ws, "SELECT metadata_location FROM iceberg_tables WHERE table_name = 'trades'")
     return str(row[0])
@@ -75,25 +72,25 @@ def _more_and_check(ws: Workspace, first_seq: int) -> None:
     assert_exact(ws)
 
 
+# SeaweedFS keeps its REST catalog in the filer that holds the data, and deletes a dropped table's
+# files whatever purgeRequested says: its catalog cannot be lost alone, so the REST set-up is not run.
+@pytest.mark.parametrize("storage", ["local", "s3-sql"], indirect=True)
 def test_a_lost_catalog_is_registered_again_and_the_table_goes_on_exactly(ws: Workspace) -> None:
     _offloaded(ws)
-    before = _metadata_files(ws)
+    newest = ws.iceberg_table("cold.trades").metadata_location
     _lose_catalog(ws)
 
     refused = ws.run_once()
     assert refused.returncode == 1
-    assert "is not in the catalog" in refused.stdout + refused.stderr
     assert "offloader catalog recover --table trades" in refused.stdout + refused.stderr
-    assert _metadata_files(ws) == before, "no empty table was started over the lost one"
-
     dry = ws.cli("catalog", "recover", "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
-    assert "trades: would register" in dry.stdout
+    assert f"trades: would register: {newest} " in dry.stdout, "the newest landed file; no empty table was started"
+
     recovered = ws.cli("catalog", "recover")
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert "trades: registered" in recovered.stdout
-    assert before[-1] in recovered.stdout, "the newest landed file"
-    assert _current_location(ws).endswith(before[-1])
+    assert ws.iceberg_table("cold.trades").metadata_location == newest
     assert ws.cli("catalog", "recover").stdout.startswith("trades: already current")
 
     _more_and_check(ws, first_seq=3000)
@@ -224,7 +221,7 @@ def test_a_lost_state_database_is_rebuilt_from_iceberg_and_nothing_is_offloaded_
     (table,) = json.loads(status.stdout)
     assert table["cursor"] is not None, "the cursor is read from Iceberg, not from the lost mirror"
     _more_and_check(ws, first_seq=3000)
-    mirror = _sql(ws, "SELECT cursor FROM offloader_watermarks WHERE table_name = 'trades'")
+    mirror = _sql(ws, "SELECT cursor_json FROM offloader_watermarks WHERE table_name = 'trades'")
     assert mirror, "the mirror is rebuilt"
     history = ws.cli("history")
     assert history.returncode == 0 and "committed" in history.stdout

@@ -23,7 +23,7 @@ from offloader.faults import fail
 from offloader.iceberg.failures import failure, refusal
 from offloader.iceberg.internals import bounded_rest_catalog, lean_sql_catalog
 from offloader.iceberg.mapping import iceberg_schema, plan_columns
-from offloader.iceberg.recovery import record_landed, recover, refuse_lost_table
+from offloader.iceberg.recovery import record_landed, recover, refuse_created_over_lost, refuse_lost_table
 from offloader.iceberg.sorting import ensure_sort_order, sort_order
 from offloader.iceberg.table import BOUNDED_HISTORY, SinkTable
 from offloader.ports import Recovered
@@ -118,6 +118,7 @@ class Sink:
                 created = self.catalog.create_table(
                     identifier, schema=schema, partition_spec=spec, sort_order=order, properties=properties
                 )
+                refuse_created_over_lost(self.catalog, created, table)
                 record_landed(created)
             except TableAlreadyExistsError:
                 created = ensure_sort_order(self.catalog.load_table(identifier), table)

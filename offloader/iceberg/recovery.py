@@ -196,7 +196,9 @@ def missing_files(io: Any, chosen: MetadataFile) -> list[str]:
 def default_location(catalog: Any, namespace: str, name: str) -> str | None:
     """Where the catalog puts a new table: its namespace's location, else ``<warehouse>/<namespace>/<name>``;
     None when the catalog decides for itself (a REST catalog)."""
-    if type(catalog).__name__ == "RestCatalog":
+    from pyiceberg.catalog.rest import RestCatalog
+
+    if isinstance(catalog, RestCatalog):
         return None
     try:
         folder = catalog.load_namespace_properties(namespace).get("location")
@@ -259,7 +261,15 @@ def recover(
         return replace(result, action="would register")
     catalog.create_namespace_if_not_exists(config.target_namespace)
     if existing is not None:
-        catalog.drop_table(identifier)  # the catalog's row only: no file is deleted
+        from pyiceberg.catalog.sql import SqlCatalog
+
+        if not isinstance(catalog, SqlCatalog):  # a REST catalog may delete the files of a table it drops
+            raise RecoveryError(
+                f"{config.name}: the catalog holds the table at {existing.metadata_location}, behind "
+                f"{chosen.location}; offloader drops and registers tables only in the SQL catalog (another "
+                "catalog may delete a dropped table's files): point the catalog at the newer file with its own tools"
+            )
+        catalog.drop_table(identifier)  # the SQL catalog's row only: no file is deleted
     record_landed(catalog.register_table(identifier, chosen.location))
     return result
 
@@ -270,13 +280,29 @@ def refuse_lost_table(catalog: Any, config: TableConfig) -> None:
     from pyiceberg.io import load_file_io
 
     where = default_location(catalog, config.target_namespace, config.target.split(".")[-1])
-    if where is None:
-        return
+    if where is not None:
+        _refuse_if_held(load_file_io(catalog.properties, where), where, config, set())
+
+
+def refuse_created_over_lost(catalog: Any, created: Any, config: TableConfig) -> None:
+    """After a table is created where the catalog chose (a REST catalog): when its location
+    already held a table, take the new one out of the catalog again and refuse."""
+    if default_location(catalog, config.target_namespace, config.target.split(".")[-1]) is not None:
+        return  # checked before the creation
     try:
-        listed = walk_files(load_file_io(catalog.properties, where), f"{where}/metadata", recursive=False)
+        _refuse_if_held(created.io, created.metadata.location, config, {created.metadata_location})
+    except RecoveryError:
+        catalog.drop_table(config.target)
+        created.io.delete(created.metadata_location)
+        raise
+
+
+def _refuse_if_held(io: Any, where: str, config: TableConfig, own: set[str]) -> None:
+    try:
+        listed = walk_files(io, f"{where}/metadata", recursive=False)
     except Exception:  # noqa: BLE001 - nothing to list: nothing to lose
         return
-    found = sum(1 for path, _, _ in listed if path.endswith(".metadata.json"))
+    found = sum(1 for path, _, _ in listed if path.endswith(".metadata.json") and path not in own)
     if found:
         raise RecoveryError(
             f"{config.name}: Iceberg table {config.target} is not in the catalog, but {where} holds {found} metadata "
