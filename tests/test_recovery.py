@@ -187,29 +187,35 @@ def test_the_state_database_surviving_confirms_the_last_commit(ws: Workspace) ->
     _more_and_check(ws, first_seq=3000)
 
 
-def test_a_run_forced_onto_a_stale_catalog_leaves_history_recovery_will_not_guess(ws: Workspace) -> None:
-    """A catalog restored from an old backup, and a run forced onto it (the mirror's refusal
-    overridden): the old branch's newest file is left beside the new branch. Recovery refuses."""
+def test_a_stale_catalog_is_refused_and_forked_history_is_not_guessed(ws: Workspace) -> None:
+    """The catalog and the state restored from one old backup: runs refuse the catalog (the
+    landed record is ahead of it), instead of offloading again over it and pruning the newer
+    branch. Another engine's commits on the stale catalog fork the history: recovery refuses."""
     _offloaded(ws, hours=1)
     old = _current_location(ws)
     ws.insert_trades(1000, start="2026-01-01 01:00:00", step_us=3_000_000, first_seq=1000)
     assert ws.run_once().returncode == 0
-    assert ws.run_once().returncode == 0
-    for n in range(3):  # three more landed commits (another engine's property changes)
+    landed = _current_location(ws)  # offloader's last commit: its landed record names it
+    for n in range(2):  # two more landed commits (another engine's property changes)
         ws.iceberg_table("cold.trades").transaction().set_properties(note=str(n)).commit_transaction()
-    old_branch = _current_location(ws)
+    newest = _current_location(ws)
     _sql(ws, f"UPDATE iceberg_tables SET metadata_location = '{old}' WHERE table_name = 'trades'")
-    stale = ws.run_once()
-    assert stale.returncode == 1 and "mirror" in stale.stderr, "the surviving mirror refuses the stale catalog"
-    assert ws.cli("mirror", "reset", "--table", "trades").returncode == 0  # told to go on regardless
-    assert ws.run_once().returncode == 0  # a commit on the stale catalog: a second branch
+    assert ws.cli("mirror", "reset", "--table", "trades").returncode == 0  # the state restored with it
 
+    stale = ws.run_once()
+    assert stale.returncode == 1
+    assert "the catalog is behind the warehouse" in stale.stderr, stale.stderr[-2000:]
+    assert landed.rsplit("/", 1)[-1] in stale.stderr
+    assert ws.iceberg_table("cold.trades").metadata_location == old, "nothing committed on the stale catalog"
+
+    for n in range(2):  # another engine commits on the stale catalog: a second landed branch
+        ws.iceberg_table("cold.trades").transaction().set_properties(stale=str(n)).commit_transaction()
     refused = ws.cli("catalog", "recover")
     assert refused.returncode == 1, refused.stdout
     assert "history forked" in refused.stdout and "--metadata" in refused.stdout
-    chosen = ws.cli("catalog", "recover", "--table", "trades", "--metadata", old_branch)
+    chosen = ws.cli("catalog", "recover", "--table", "trades", "--metadata", newest)
     assert chosen.returncode == 0, chosen.stdout + chosen.stderr
-    _more_and_check(ws, first_seq=3000)  # the old branch holds every row up to its cursor
+    _more_and_check(ws, first_seq=3000)
 
 
 def test_a_lost_state_database_is_rebuilt_from_iceberg_and_nothing_is_offloaded_twice(ws: Workspace) -> None:

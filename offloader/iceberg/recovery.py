@@ -68,6 +68,24 @@ def read_landed(io: Any, location: str) -> str | None:
     return named if isinstance(named, str) else None
 
 
+def refuse_if_behind(table: Any, listed: list[str], name: str) -> None:
+    """Refuse to work on a catalog that is behind the warehouse: the landed record names a newer
+    file the current one does not descend from (a catalog restored from an old backup). Working
+    on would fork the history, and the stale files of the newer branch would be pruned."""
+    named = read_landed(table.io, table.metadata.location)
+    current = table.metadata_location
+    if named is None or named == current or named not in listed:
+        return
+    if named in {entry.metadata_file for entry in table.metadata.metadata_log}:
+        return
+    if (metadata_version(named) or 0) <= (metadata_version(current) or 0):
+        return
+    raise RecoveryError(
+        f"{name}: the catalog is behind the warehouse: it points at {current}, but {named} landed after it "
+        f"(the catalog restored from an old backup?); register the newer file with `offloader catalog recover --table {name}`"
+    )
+
+
 @dataclass(frozen=True)
 class MetadataFile:
     """What recovery needs from one metadata file."""

@@ -23,6 +23,7 @@ from offloader.errors import (
     CommitConflictError,
     CommitUnknownError,
     OffloaderError,
+    RecoveryError,
     first_line,
 )
 from offloader.iceberg import lineage
@@ -39,7 +40,7 @@ from offloader.iceberg.files import (
 )
 from offloader.iceberg.internals import cached_metadata
 from offloader.iceberg.mapping import iceberg_schema
-from offloader.iceberg.recovery import landed_path, record_landed
+from offloader.iceberg.recovery import landed_path, record_landed, refuse_if_behind
 from offloader.iceberg.sorting import data_file_writer
 from offloader.iceberg.write import WindowWrite
 from offloader.ports import COMMIT_KEY, CORRECTIONS_KEY, CURSOR_KEY, HI_KEY, ROWS_KEY, RUN_KEY, CutPoint, DataFileEntry, Marker
@@ -155,6 +156,7 @@ class SinkTable:
             listed = list_files(self.table.io, folder)
         except Exception as exc:
             raise self._failure(exc, f"cannot list the metadata files of {self.config.target}") from exc
+        refuse_if_behind(self.table, listed, self.config.name)
         removed, newer = 0, False
         for path in listed:
             if not path.endswith(".metadata.json") or path in keep:
@@ -177,6 +179,8 @@ class SinkTable:
             return
         try:
             pruned = self.prune_uncommitted_metadata()
+        except RecoveryError:
+            raise
         except (CatalogError, AuthenticationError) as exc:  # a policy may allow writing but not listing
             log.warning("metadata_prune_failed", error=str(exc))
             return
