@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from offloader import ports
 from offloader.chtypes import ColumnPlan
 from offloader.config import TableConfig
 from offloader.errors import (
@@ -25,7 +26,7 @@ from offloader.errors import (
     OffloaderError,
     first_line,
 )
-from offloader.iceberg import lineage
+from offloader.iceberg import lineage, rollback
 from offloader.iceberg.evolution import plan_evolution
 from offloader.iceberg.failures import failure, refusal
 from offloader.iceberg.files import (
@@ -136,6 +137,14 @@ class SinkTable:
     def cut_points(self) -> list[CutPoint]:
         """The offloader snapshots of the current lineage, newest first, each with the time it is complete up to."""
         return lineage.cut_points(self.table)
+
+    def lineage(self) -> list[ports.LineageEntry]:
+        """The snapshots of the current lineage, newest first (what a rollback can go back to)."""
+        return lineage.entries(self.table)
+
+    def roll_back(self, snapshot_id: int) -> None:
+        """Make ``snapshot_id``, an ancestor of the current snapshot, current again, in one metadata commit."""
+        self.table = rollback.roll_back(self.table, snapshot_id, self.config.target, io_properties(self.table))
 
     def prune_uncommitted_metadata(self) -> int:
         """Delete metadata files that lost a commit race or a crash and can never become current.
