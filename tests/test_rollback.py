@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from helpers import Workspace, assert_bars_exact, assert_exact, bars_table, create_bars, trades_table
 
 PRICES = "sequence_number, toString(price)"  # a row's key and the value the bad load got wrong
@@ -200,3 +201,22 @@ def test_rollback_of_a_replace_mode_table_rewrites_the_bars_from_its_cursor(ws: 
     assert_bars_exact(ws)
     check = ws.cli("check", "--table", "bars")
     assert check.returncode == 0 and "bars: consistent" in check.stdout, check.stdout + check.stderr
+
+
+def test_the_federated_view_follows_the_rollback(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With [federate] on, the rollback replaces the view at the snapshot it made current: the view
+    reads Iceberg up to the rolled-back cursor and the source's corrected rows above it, each once."""
+    from offloader.rollback import Rollback
+
+    monkeypatch.chdir(ws.root)  # chDB's icebergLocal reads under the current directory only
+    ws.federate = {"enabled": True}
+    good, bad = bad_commit(ws)
+    app = ws.app()
+    done = Rollback(app.job(app.config.table("trades"))).run(good)
+    app.close()
+    assert done.to_snapshot == good and done.undone == [bad]
+    ((ddl,),) = ws.engine.rows("SELECT create_table_query FROM system.tables WHERE database = 'k2' AND name = 'trades_all'")
+    location = str(ws.iceberg_table("cold.trades").metadata_location)
+    assert "metadata/" + location.rsplit("/metadata/", 1)[1] in ddl, "the view is pinned to the rolled-back table"
+    view = sorted(ws.engine.rows(f"SELECT {PRICES} FROM k2.trades_all"))
+    assert view == source_prices(ws), "Iceberg's rows up to the cursor, the corrected source rows above it"
