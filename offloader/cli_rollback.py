@@ -33,8 +33,12 @@ def run(app: Any, args: argparse.Namespace) -> int:
     operation = Rollback(app.job(config))
     if args.to is None:
         return _list(operation, args.table)
-    if not args.to.isdigit():
-        raise UsageError(f"--to = {args.to!r}: expected a snapshot id; `offloader rollback --table {args.table}` lists them")
+    try:
+        snapshot_id = int(args.to)
+    except ValueError:
+        raise UsageError(
+            f"--to = {args.to!r}: expected a snapshot id; `offloader rollback --table {args.table}` lists them"
+        ) from None
     if not args.yes:
         if not sys.stdin.isatty():
             raise UsageError("rollback undoes commits of an Iceberg table: pass --yes to confirm when not on a terminal")
@@ -42,7 +46,7 @@ def run(app: Any, args: argparse.Namespace) -> int:
         if answer.strip().lower() not in {"y", "yes"}:
             print("nothing changed")
             return EXIT_FAILED
-    done = operation.run(int(args.to))
+    done = operation.run(snapshot_id)
     print(
         f"{done.table}: rolled back from snapshot {done.from_snapshot} to {done.to_snapshot}, undoing "
         f"{len(done.undone)} commit(s); cursor moved from {done.old_cursor} to {done.new_cursor}; rows "

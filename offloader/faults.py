@@ -4,8 +4,8 @@
 (optionally ``<point>:<n>`` for the n-th time). The points are the moments at which a crash
 is most interesting for exactly-once: after the window was read, after its files were
 written, after the Iceberg commit, after the state mirror was updated; and, for
-``offloader rollback``, after its commit and before the mirror and the federated view follow it
-(``after_rollback``). Unset, a checkpoint costs two dictionary lookups.
+``offloader rollback``, after its commit and before the mirror records the snapshot and the
+federated view follows it (``after_rollback``). Unset, a checkpoint costs two dictionary lookups.
 
 ``OFFLOADER_SLOW_AT=<point>:<seconds>`` makes the process sleep that long each time it reaches
 that point, so that a test can signal a run while windows are certainly still left.

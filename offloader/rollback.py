@@ -10,7 +10,7 @@ holds no row: the table then starts over from the oldest source row.
 The state mirror is moved back BEFORE the commit, to the target's cursor with no snapshot
 yet, and records the snapshot after it: a mirror behind Iceberg is repaired by the next run,
 one ahead of it would stop the table (``MirrorAheadError``). A crash between the two leaves
-the mirror behind or equal, never ahead. Then the federated view follows (the after-commit
+the mirror behind or equal, never ahead; a commit that fails puts it back. Then the federated view follows (the after-commit
 hook), and the rollback is audited, whatever its outcome, like ``reset``. Replace-mode and
 ``corrections`` tables need nothing more: every marker of theirs already says where their
 next run starts over (a replace window rewrites from its cursor, a correction is replayed
@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from offloader.errors import CatalogError, CommitUnknownError, UsageError
+from offloader.errors import CatalogError, CommitUnknownError, OffloaderError, UsageError
 from offloader.faults import ROLLBACK_POINT, checkpoint
 from offloader.job import TableJob, finish_action, guarded
 from offloader.ports import LineageEntry, SinkTable
@@ -105,7 +105,12 @@ class Rollback:
         old_cursor = marker.cursor if marker is not None else None
         # the mirror goes back first: if the commit then fails, the next run finds it behind and repairs it
         self.job.state.set_mirror(t.name, t.target, target.cursor, None, None)
-        self._commit(sink_table, snapshot_id)
+        try:
+            self._commit(sink_table, snapshot_id)
+        except OffloaderError:  # nothing changed in Iceberg: the mirror goes back to its marker
+            if marker is not None:
+                self.job.state.set_mirror(t.name, t.target, marker.cursor, marker.snapshot_id, marker.run_id)
+            raise
         checkpoint(ROLLBACK_POINT)
         sink_table.prune_metadata(self.log, after_commit=True)
         now = sink_table.marker()
@@ -132,7 +137,8 @@ class Rollback:
         except CommitUnknownError as exc:
             self.log.warning("commit_unknown", snapshot_id=snapshot_id, error=str(exc))
             sink_table.refresh()
-            landed = bool(sink_table.lineage()) and sink_table.lineage()[0].snapshot_id == snapshot_id
+            now = sink_table.lineage()
+            landed = bool(now) and now[0].snapshot_id == snapshot_id
             self.log.info("commit_settled", snapshot_id=snapshot_id, landed=landed)
             if not landed:
                 raise CatalogError(f"{self.table.target}: the rollback did not land ({exc}); run it again") from exc
