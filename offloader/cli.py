@@ -1,7 +1,7 @@
 """The command line: ``offloader [--config PATH] COMMAND``.
 
 Commands: ``once`` (one cycle), ``backfill`` (a table's history by parallel workers), ``status``, ``history``, ``run`` (the service), ``maintain``,
-``check``, ``reset``, ``audit``, ``catalog recover``, ``demo seed`` and ``mirror reset``. Every failure ends in a precise one-line message per problem on
+``check``, ``reset``, ``rollback``, ``audit``, ``catalog recover``, ``demo seed`` and ``mirror reset``. Every failure ends in a precise one-line message per problem on
 stderr and a non-zero exit: 2 for bad config or usage, 1 for a failed table or a dead
 server (``status`` too, after printing what it could read), 70 for an internal error (its
 traceback only with ``--debug``, or in a JSON log as the ``internal_error`` event, without locals).
@@ -17,7 +17,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from offloader import __version__, cli_backfill, cli_catalog, cli_demo, cli_federate, cli_report, cli_snapshots, footprint, log
+from offloader import (
+    __version__,
+    cli_backfill,
+    cli_catalog,
+    cli_demo,
+    cli_federate,
+    cli_report,
+    cli_rollback,
+    cli_snapshots,
+    footprint,
+    log,
+)
 from offloader.config import Config, TableConfig
 from offloader.config_loader import load_config
 from offloader.errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ConfigError, OffloaderError
@@ -50,6 +61,7 @@ EXAMPLES = {
     "maintain": "offloader maintain --table silver_trades --dry-run",
     "check": "offloader check --since 7d --repair",
     "reset": 'offloader reset --table silver_trades --to "2026-11-20 00:00:00" --yes',
+    "rollback": "offloader rollback --table silver_trades --to 4851302371512305187 --yes",
     "audit": "offloader audit --action compact --limit 10",
     "demo": "offloader demo seed --rows 1000000",
     "mirror": "offloader mirror reset --table silver_trades",
@@ -103,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     rewind.add_argument("--table", dest="table_option", metavar="NAME", help="the table (its [[tables]] name)")
     rewind.add_argument("--to", required=True, help='the UTC time to go back to, e.g. "2026-11-20 00:00:00"')
     rewind.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed when not on a terminal)")
+
+    cli_rollback.add_parser(sub)
 
     audit = sub.add_parser("audit", help="the maintenance audit log, newest first")
     audit.add_argument("--table", help="only this table's entries (default: every table)")
@@ -217,6 +231,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             return cli_report.check(app, args.table, args.since, args.repair, _stop_on_signals())
         if args.command == "reset":
             return cli_report.reset(app, args)
+        if args.command == "rollback":
+            return cli_rollback.run(app, args)
         if args.command == "audit":
             return cli_report.audit(app, args.table, args.action, args.limit)
         if args.command == "mirror":

@@ -4,8 +4,9 @@
 (optionally ``<point>:<n>`` for the n-th time). The points are the moments at which a crash
 is most interesting for exactly-once: after the window was read, after its files were
 written, after the catalog took the commit but before its landed record was written
-(``iceberg/recovery.py``), after the Iceberg commit, after the state mirror was updated. Unset, a checkpoint
-costs two dictionary lookups.
+(``iceberg/recovery.py``), after the Iceberg commit, after the state mirror was updated; and, for
+``offloader rollback``, after its commit and before the mirror records the snapshot and the
+federated view follows it (``after_rollback``). Unset, a checkpoint costs two dictionary lookups.
 
 ``OFFLOADER_SLOW_AT=<point>:<seconds>`` makes the process sleep that long each time it reaches
 that point, so that a test can signal a run while windows are certainly still left.
@@ -34,7 +35,8 @@ import signal
 import time
 from collections import Counter
 
-POINTS = ("after_read", "after_write", "before_landed_record", "after_commit", "after_state")
+POINTS = ("after_read", "after_write", "before_landed_record", "after_commit", "after_state")  # the points of an offload cycle
+ROLLBACK_POINT = "after_rollback"
 ENV = "OFFLOADER_KILL_AT"
 SLOW_ENV = "OFFLOADER_SLOW_AT"
 LOSE_REPLY_ENV = "OFFLOADER_LOSE_COMMIT_REPLY"

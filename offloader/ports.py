@@ -72,6 +72,17 @@ class CutPoint:
 
 
 @dataclass(frozen=True)
+class LineageEntry:
+    """One snapshot of a table's current lineage, as ``offloader rollback`` lists it."""
+
+    snapshot_id: int
+    timestamp_ms: int
+    operation: str  # the snapshot's operation (append, overwrite, ...), with offloader's own name when it set one
+    rows: int  # rows the table holds at this snapshot
+    cursor: list[Any] | None  # the cursor its own summary carries (None: not an offloader commit)
+
+
+@dataclass(frozen=True)
 class DataFileEntry:
     """One live data file of a table, as maintenance sees it."""
 
@@ -254,6 +265,8 @@ class SinkTable(Protocol):
     def marker(self) -> Marker | None: ...
     def find_commit(self, commit_id: str) -> int | None: ...
     def cut_points(self) -> list[CutPoint]: ...
+    def lineage(self) -> list[LineageEntry]: ...
+    def roll_back(self, snapshot_id: int) -> None: ...
     def prune_metadata(self, log: Any, *, after_commit: bool = False) -> None: ...
     def carried_marker(self, operation: str) -> dict[str, str]: ...
     def data_files(self, time_column: str) -> list[DataFileEntry]: ...

@@ -2,7 +2,7 @@
 
 :class:`TableResult` is one offload run of one table and :class:`WindowResult` one of its
 commits; :class:`ActionResult` is one audited operation on one table (a maintenance action,
-a check, a repair, a reset). :class:`Observer` is the one set of hooks the service follows
+a check, a repair, a reset, a rollback). :class:`Observer` is the one set of hooks the service follows
 every operation with (metrics, progress); each hook does nothing unless overridden.
 """
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # The maintenance actions, in the order they run, and every operation the audit log records.
 MAINTENANCE_ACTIONS = ("compact", "expire_snapshots", "remove_orphans")
-AUDITED_ACTIONS = (*MAINTENANCE_ACTIONS, "check", "repair", "reset", "recover")
+AUDITED_ACTIONS = (*MAINTENANCE_ACTIONS, "check", "repair", "reset", "recover", "rollback")
 
 
 @dataclass

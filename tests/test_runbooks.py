@@ -2,9 +2,9 @@
 
 Every line starting with ``offloader `` in a fenced code block of a runbook is run, in the order
 the runbooks give them, against one embedded demo workspace (chDB, SQLite, a local warehouse)
-seeded and offloaded once for this module. Placeholders are replaced by a demo table and by a
-time inside the seeded data. Each command must exit cleanly (0, or the exit code it documents for
-a problem it reports) without a traceback. Commands that cannot run here are listed in NOT_RUN
+seeded and offloaded once for this module. Placeholders are replaced by a demo table, by a
+time inside the seeded data and by the snapshot before the demo table's current one. Each command
+must exit cleanly (0, or the exit code it documents for a problem it reports) without a traceback. Commands that cannot run here are listed in NOT_RUN
 with the reason, and that list must name exactly the commands skipped. The PromQL lines of the
 runbooks are evaluated against a real Prometheus by tests/test_prometheus_e2e.py.
 """
@@ -71,9 +71,20 @@ def _placeholders() -> dict[str, str]:
     return {"<table>": TABLE, "<time>": an_hour_ago.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def _argv(line: str) -> list[str]:
+def _snapshot(workspace: Path) -> str:
+    """`<snapshot>`: the parent of the demo table's current snapshot, as `offloader rollback --table` lists it."""
+    listed = _offloader(workspace, "rollback", "--table", TABLE)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    ids = [line.split()[0] for line in listed.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert len(ids) >= 2, f"{TABLE} has no snapshot before its current one:\n{listed.stdout}"
+    return ids[1]
+
+
+def _argv(line: str, workspace: Path) -> list[str]:
     for placeholder, value in _placeholders().items():
         line = line.replace(placeholder, value)
+    if "<snapshot>" in line:
+        line = line.replace("<snapshot>", _snapshot(workspace))
     assert not re.search(r"<[a-z_-]+>", line), f"unknown placeholder in {line!r}"
     words = shlex.split(line)
     assert words[0] == "offloader"
@@ -171,7 +182,7 @@ def test_runbook_command_runs(workspace: Path, runbook: str, line: str) -> None:
     """The command runs against the demo workspace and exits cleanly, without a traceback."""
     if line in NOT_RUN:
         pytest.skip(f"{line}: {NOT_RUN[line]}")
-    argv = _argv(line)
+    argv = _argv(line, workspace)
     result = _offloader(workspace, *argv[3:])
     output = result.stdout + result.stderr
     assert "Traceback" not in result.stderr, f"{runbook}: {line}\n{output}"

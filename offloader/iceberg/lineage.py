@@ -1,4 +1,5 @@
-"""A table's snapshot lineage as offloader reads it: the marker, a commit by its id, the cut points.
+"""A table's snapshot lineage as offloader reads it: the marker, a commit by its id, the cut points,
+the snapshots a rollback can go back to.
 
 The lineage is the chain of snapshots from the current one back through its parents. Each
 offloader commit carries a marker in its summary (``ports.CURSOR_KEY`` and the rest); the
@@ -22,6 +23,7 @@ from offloader.ports import (
     ROWS_KEY,
     RUN_KEY,
     CutPoint,
+    LineageEntry,
     Marker,
 )
 
@@ -87,3 +89,22 @@ def cut_points(table: Any) -> list[CutPoint]:
                 )
             )
     return points
+
+
+def entries(table: Any) -> list[LineageEntry]:
+    """Every snapshot of the current lineage, newest first, with the cursor its own summary carries."""
+    out = []
+    for snapshot in _lineage(table):
+        props = _props(snapshot)
+        operation = str(snapshot.summary.operation.value) if snapshot.summary else "?"
+        own = props.get("offloader.operation")
+        out.append(
+            LineageEntry(
+                snapshot_id=int(snapshot.snapshot_id),
+                timestamp_ms=int(snapshot.timestamp_ms),
+                operation=f"{operation} ({own})" if own else operation,
+                rows=int(props.get("total-records", "0")),
+                cursor=json.loads(props[CURSOR_KEY]) if CURSOR_KEY in props else None,
+            )
+        )
+    return out

@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from offloader import ports
 from offloader.chtypes import ColumnPlan
 from offloader.config import TableConfig
 from offloader.errors import (
@@ -26,7 +27,7 @@ from offloader.errors import (
     RecoveryError,
     first_line,
 )
-from offloader.iceberg import lineage
+from offloader.iceberg import lineage, rollback
 from offloader.iceberg.evolution import plan_evolution
 from offloader.iceberg.failures import failure, refusal
 from offloader.iceberg.files import (
@@ -139,6 +140,14 @@ class SinkTable:
     def cut_points(self) -> list[CutPoint]:
         """The offloader snapshots of the current lineage, newest first, each with the time it is complete up to."""
         return lineage.cut_points(self.table)
+
+    def lineage(self) -> list[ports.LineageEntry]:
+        """The snapshots of the current lineage, newest first (what a rollback can go back to)."""
+        return lineage.entries(self.table)
+
+    def roll_back(self, snapshot_id: int) -> None:
+        """Make ``snapshot_id``, an ancestor of the current snapshot, current again, in one metadata commit."""
+        self.table = rollback.roll_back(self.table, snapshot_id, self.config.target, io_properties(self.table))
 
     def prune_uncommitted_metadata(self) -> int:
         """Delete metadata files that lost a commit race or a crash and can never become current.
@@ -385,18 +394,14 @@ class SinkTable:
             raise self._failure(exc, f"cannot read {self.config.target}") from exc
 
     def row_count(self) -> int:
-        snapshot = self.table.current_snapshot()
-        if snapshot is None or snapshot.summary is None:
-            return 0
-        return int(snapshot.summary.additional_properties.get("total-records", "0"))
+        return self._total("total-records")
 
     def file_count(self) -> int:
-        snapshot = self.table.current_snapshot()
-        if snapshot is None or snapshot.summary is None:
-            return 0
-        return int(snapshot.summary.additional_properties.get("total-data-files", "0"))
+        return self._total("total-data-files")
 
-    # -- writing -------------------------------------------------------------------------
+    def _total(self, key: str) -> int:
+        snapshot = self.table.current_snapshot()
+        return 0 if snapshot is None or snapshot.summary is None else int(snapshot.summary.additional_properties.get(key, "0"))
 
     def begin(self, plans: list[ColumnPlan] | None = None) -> WindowWrite:
         """Start the transaction of one window; with the source's ``plans``, evolve the schema inside it when needed."""

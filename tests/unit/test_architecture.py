@@ -50,7 +50,7 @@ ADAPTERS = {
     "ray": {"workers"},
 }
 
-OPERATIONS = {"job", "window", "corrections", "offload", "maintenance", "consistency", "reset", "backfill"}
+OPERATIONS = {"job", "window", "corrections", "offload", "maintenance", "consistency", "reset", "rollback", "backfill"}
 CONCRETE_ADAPTERS = {"iceberg", "clickhouse", "state", "metrics", "service", "server", "app", "cli"}
 MAX_LINES = 420
 
