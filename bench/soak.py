@@ -245,6 +245,21 @@ def check_tables(ws: Any, endpoint: Any, tables: list[dict[str, Any]]) -> dict[s
     return results
 
 
+def tamper(ws: Any, table: dict[str, Any]) -> str:
+    """The checker's own test (``--tamper``): through PyIceberg, delete one row of ``table`` from
+    Iceberg and append a second copy of another, so the check must count one lost and one duplicated."""
+    from pyiceberg.expressions import EqualTo
+
+    iceberg = ws.iceberg_table(table["target"])
+    rows = iceberg.scan(limit=2).to_arrow()
+    tie = table["cursor"][-1]
+    gone = rows.column(tie)[0].as_py()
+    iceberg.append(rows.slice(1, 1))
+    iceberg = ws.iceberg_table(table["target"])
+    iceberg.delete(EqualTo(tie, gone))
+    return f"{table['name']}: deleted {tie} = {gone}, appended a copy of {tie} = {rows.column(tie)[1].as_py()}"
+
+
 def run_stats(pg_dsn: str) -> dict[str, Any]:
     """Commits, runs and maintenance actions from the state store."""
     from offloader.config import StateConfig
@@ -338,6 +353,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample-every", type=float, default=10.0, help="seconds between /proc samples")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "soak")
     parser.add_argument("--publish", action="store_true", help="copy the plot to docs/img/soak.png")
+    parser.add_argument(
+        "--tamper", action="store_true", help="test the checker: lose one row and duplicate another before it runs"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the workspace (source, warehouse, logs) under --out")
     return parser.parse_args(argv)
 
@@ -435,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                 rep.proc = None
             once = run_cli("once", config=ws.config_path, cwd=work, timeout=900)
             print(f"soak: offloader once: rc {once.returncode}", flush=True)
+            if args.tamper:
+                print(f"soak: --tamper: {tamper(ws, ws.tables[0])}", flush=True)
             checks = check_tables(ws, endpoint, ws.tables)
             stats = run_stats(pg_dsn)
         finally:
