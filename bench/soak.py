@@ -100,14 +100,20 @@ def table_key(table: dict[str, Any]) -> tuple[list[str], list[str]]:
     return key, []
 
 
-def rss_slope(samples: Sequence[dict[str, Any]], since: float, warmup: float = WARMUP_S) -> float | None:
+def rss_slope(
+    samples: Sequence[dict[str, Any]], since: float, warmup: float = WARMUP_S, breaks: Sequence[tuple[int, float]] = ()
+) -> float | None:
     """RSS growth in MiB per 10 minutes while a process runs: the least-squares slope of RSS on time
     with one intercept per incarnation (a restart starts afresh, and is no growth), over samples
-    taken after ``since`` and at least ``warmup`` seconds into their incarnation."""
-    groups: dict[int, list[tuple[float, float]]] = {}
+    taken after ``since`` and at least ``warmup`` seconds into their incarnation.
+
+    ``breaks`` ((incarnation, time) pairs, e.g. the end of each maintenance slot) split an
+    incarnation into phases with intercepts of their own: a one-time step is then not a trend."""
+    groups: dict[tuple[int, int], list[tuple[float, float]]] = {}
     for s in samples:
         if s["t"] >= since and s["age"] >= warmup:
-            groups.setdefault(s["incarnation"], []).append((s["t"], s["rss"] / MiB))
+            phase = sum(1 for inc, t in breaks if inc == s["incarnation"] and t <= s["t"])
+            groups.setdefault((s["incarnation"], phase), []).append((s["t"], s["rss"] / MiB))
     num = den = 0.0
     for points in groups.values():
         if len(points) < 2:
@@ -144,9 +150,7 @@ class Replica:
     proc: subprocess.Popen[str] | None = None
     incarnation: int = 0
     started: float = 0.0
-    kills: list[float] = field(default_factory=list)
-    starts: list[float] = field(default_factory=list)
-    crashes: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)  # start, kill, exit (by itself), in order
     next_kill: float = 0.0
     restart_at: float | None = None
 
@@ -159,7 +163,7 @@ class Replica:
         self.proc = ws.start("run", env=env, stdout=out, stderr=subprocess.STDOUT)
         out.close()
         self.started = now
-        self.starts.append(now)
+        self.events.append({"t": round(now, 1), "replica": self.id, "incarnation": self.incarnation, "kind": "start"})
         self.restart_at = None
 
     def kill(self, now: float) -> None:
@@ -167,7 +171,7 @@ class Replica:
         self.proc.kill()
         self.proc.wait(timeout=60)
         self.proc = None
-        self.kills.append(now)
+        self.events.append({"t": round(now, 1), "replica": self.id, "incarnation": self.incarnation, "kind": "kill"})
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -282,61 +286,99 @@ def run_stats(pg_dsn: str) -> dict[str, Any]:
     }
 
 
-def summarize_replica(rep: Replica, samples: list[dict[str, Any]], half: float) -> dict[str, Any]:
-    mine = [s for s in samples if s["replica"] == rep.id]
+def summarize_replica(replica: str, samples: list[dict[str, Any]], events: list[dict[str, Any]], half: float) -> dict[str, Any]:
+    """One replica's figures: kills, restarts, RSS and fds (start and end past start-up, max), the slopes."""
+    mine = [s for s in samples if s["replica"] == replica]
+    own = [e for e in events if e["replica"] == replica]
+    starts = [e for e in own if e["kind"] == "start"]
+    maintenance = [(e["incarnation"], e["t"]) for e in own if e["kind"] == "maintenance"]
+    out: dict[str, Any] = {
+        "incarnations": len(starts),
+        "kills": sum(1 for e in own if e["kind"] == "kill"),
+        "restarts": max(0, len(starts) - 1),
+        "unexpected_exits": [e for e in own if e["kind"] == "exit"],
+        "maintenance_runs": len(maintenance),
+        "samples": len(mine),
+    }
     if not mine:
-        return {"samples": 0}
+        return out
     warm = [s for s in mine if s["age"] >= WARMUP_S] or mine  # start and end: past an incarnation's start-up
     rss = [s["rss"] / MiB for s in mine]
     fds = [s["fds"] for s in mine]
-    return {
-        "samples": len(mine),
-        "incarnations": rep.incarnation,
-        "kills": len(rep.kills),
-        "restarts": len(rep.starts) - 1,
-        "unexpected_exits": rep.crashes,
+    return out | {
         "rss_mib": {"start": round(warm[0]["rss"] / MiB, 1), "end": round(warm[-1]["rss"] / MiB, 1), "max": round(max(rss), 1)},
         "fds": {"start": warm[0]["fds"], "end": warm[-1]["fds"], "max": max(fds)},
         "incarnation_max_rss_mib": {
             str(i): round(max(s["rss"] for s in mine if s["incarnation"] == i) / MiB, 1)
             for i in sorted({s["incarnation"] for s in mine})
-        },  # fmt: skip
+        },
         "rss_slope_second_half_mib_per_10min": rss_slope(mine, half),
+        "rss_slope_second_half_between_maintenance_mib_per_10min": rss_slope(mine, half, breaks=maintenance),
         "fd_max_second_half": max((s["fds"] for s in mine if s["t"] >= half), default=None),
     }
 
 
-def plot(samples: list[dict[str, Any]], replicas: list[Replica], maintenance: list[tuple[str, float]], path: Path) -> None:
+def plot(samples: list[dict[str, Any]], events: list[dict[str, Any]], path: Path) -> None:
+    """RSS and fds over time per replica (one line per incarnation), kills dotted, maintenance slots marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_rss, ax_fd) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
-    colors = {r.id: c for r, c in zip(replicas, ("tab:blue", "tab:orange"), strict=False)}
-    for rep in replicas:
-        mine = [s for s in samples if s["replica"] == rep.id]
-        for inc in sorted({s["incarnation"] for s in mine}):
+    replicas = sorted({s["replica"] for s in samples} | {e["replica"] for e in events})
+    colors = dict(zip(replicas, ("tab:blue", "tab:orange", "tab:purple", "tab:brown"), strict=False))
+    for replica in replicas:
+        mine = [s for s in samples if s["replica"] == replica]
+        for n, inc in enumerate(sorted({s["incarnation"] for s in mine})):
             pts = [s for s in mine if s["incarnation"] == inc]
             t = [s["t"] / 60 for s in pts]
-            label = rep.id if inc == pts[0]["incarnation"] and inc == min(s["incarnation"] for s in mine) else None
-            ax_rss.plot(t, [s["rss"] / MiB for s in pts], color=colors[rep.id], lw=1.2, label=label, marker=".", ms=3)
-            ax_fd.plot(t, [s["fds"] for s in pts], color=colors[rep.id], lw=1.2, marker=".", ms=3)
-        for k in rep.kills:
-            for ax in (ax_rss, ax_fd):
-                ax.axvline(k / 60, color=colors[rep.id], ls=":", lw=0.8, alpha=0.7)
-    for _, t in maintenance:
-        ax_rss.plot([t / 60], [0], marker="^", color="tab:green", ms=6, clip_on=False)
+            label = replica if n == 0 else None
+            ax_rss.plot(t, [s["rss"] / MiB for s in pts], color=colors[replica], lw=1.2, label=label, marker=".", ms=3)
+            ax_fd.plot(t, [s["fds"] for s in pts], color=colors[replica], lw=1.2, marker=".", ms=3)
+        for e in events:
+            if e["replica"] == replica and e["kind"] == "kill":
+                for ax in (ax_rss, ax_fd):
+                    ax.axvline(e["t"] / 60, color=colors[replica], ls=":", lw=0.8, alpha=0.7)
+            if e["replica"] == replica and e["kind"] == "maintenance":
+                ax_rss.plot([e["t"] / 60], [0], marker="^", color=colors[replica], ms=6, clip_on=False)
     ax_rss.set_ylabel("RSS (MiB)")
     ax_rss.set_ylim(bottom=0)
     ax_fd.set_ylabel("open file descriptors")
     ax_fd.set_ylim(bottom=0)
-    ax_fd.set_xlabel("minutes (dotted: SIGKILL of that replica; green triangles: maintenance slots)")
+    ax_fd.set_xlabel("minutes (dotted: SIGKILL of that replica; triangles: a maintenance slot it ran)")
     ax_rss.legend(loc="lower right")
     ax_rss.set_title("offloader run, two replicas under the live feed, killed at random: RSS and fds per process")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def report(out: Path, publish: bool = False) -> dict[str, Any]:
+    """summary.json and soak.png from what a run left in ``out``: run.json, samples.jsonl, events.jsonl."""
+    run = json.loads((out / "run.json").read_text())
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines() if line]
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines() if line]
+    checks = run["check"]["tables"]
+    totals = {k: sum(c[k] for c in checks.values()) for k in ("lost", "duplicated", "unexpected", "changed", "source_duplicated")}
+    replicas = sorted({e["replica"] for e in events})
+    summary = {
+        **{k: v for k, v in run.items() if k != "check"},
+        "rows_fed": run["feed"]["seeded_rows"] + run["feed"]["live_rows"],
+        "kills": sum(1 for e in events if e["kind"] == "kill"),
+        "restarts": sum(1 for e in events if e["kind"] == "start") - len(replicas),
+        "unexpected_exits": sum(1 for e in events if e["kind"] == "exit"),
+        "maintenance_runs": sum(1 for e in events if e["kind"] == "maintenance"),
+        "replicas": {r: summarize_replica(r, samples, events, run["fed_seconds"] / 2) for r in replicas},
+        "check": {"tables": checks, **totals},
+    }
+    summary["ok"] = all(v == 0 for v in totals.values()) and run["once_rc"] == 0
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(samples, events, out / "soak.png")
+    if publish:
+        (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "soak.png", ROOT / "docs" / "img" / "soak.png")
+    return summary
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -351,6 +393,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--restart-after", type=float, nargs=2, default=(1.0, 10.0), metavar=("MIN", "MAX"),
                         help="seconds from a kill to the restart, uniform in [MIN, MAX]")  # fmt: skip
     parser.add_argument("--sample-every", type=float, default=10.0, help="seconds between /proc samples")
+    parser.add_argument("--settle", type=float, default=SAFETY_LAG_S + 3 * INTERVAL_S,
+                        help="seconds the replicas get to catch up after the feed stops, before `offloader once`")  # fmt: skip
+    parser.add_argument("--report", action="store_true", help="only redo summary.json and soak.png from what a run left in --out")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "soak")
     parser.add_argument("--publish", action="store_true", help="copy the plot to docs/img/soak.png")
     parser.add_argument(
@@ -362,6 +407,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        return 0 if report(args.out, args.publish)["ok"] else 1
     sys.path.insert(0, str(ROOT / "tests"))
     from endpoint import Endpoint
     from helpers import Workspace, fresh_pg_database, run_cli
@@ -409,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                 while (now := time.monotonic() - t0) < end:
                     for rep in replicas:
                         if rep.proc is not None and rep.proc.poll() is not None:  # died without our SIGKILL: a finding
-                            rep.crashes.append({"t": round(now, 1), "incarnation": rep.incarnation, "rc": rep.proc.returncode})
+                            rep.events.append({"t": round(now, 1), "replica": rep.id, "incarnation": rep.incarnation,
+                                               "kind": "exit", "rc": rep.proc.returncode})  # fmt: skip
                             print(f"soak: {rep.id} incarnation {rep.incarnation} exited by itself, rc {rep.proc.returncode}")
                             rep.proc = None
                             rep.restart_at = now + 1
@@ -435,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             feed.join(timeout=120)
             fed_at = time.monotonic() - t0
             print(f"soak: feed stopped after {feed.rows:,} live rows; catching up", flush=True)
-            time.sleep(SAFETY_LAG_S + 3 * INTERVAL_S)
+            time.sleep(args.settle)
             for rep in replicas:
                 if rep.proc is None:
                     rep.start(ws, time.monotonic() - t0)
@@ -464,17 +512,21 @@ def main(argv: list[str] | None = None) -> int:
                     rep.proc.kill()
                     rep.proc.wait()
             endpoint.kill()
-        events = log_events(logs)
-        maintenance = [(e["_file"], _event_t(e, wall0)) for e in events if e.get("event") == "maintenance_finished"]
-        loud = Counter(f"{e.get('level')}:{e.get('event')}" for e in events if e.get("level") in {"warning", "error", "critical"})
-        totals = {
-            k: sum(c[k] for c in checks.values()) for k in ("lost", "duplicated", "unexpected", "changed", "source_duplicated")
-        }
-        half = fed_at / 2
-        summary = {
+        entries = log_events(logs)
+        events = [*(e for r in replicas for e in r.events), *(
+            {"t": round(_event_t(e, wall0), 1), "replica": e["replica"], "incarnation": int(e["_file"].split(".")[-2]),
+             "kind": "maintenance", "seconds": e.get("seconds")}
+            for e in entries if e.get("event") == "maintenance_finished"
+        )]  # fmt: skip
+        (args.out / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in sorted(events, key=lambda e: e["t"])))
+        loud = Counter(
+            f"{e.get('level')}:{e.get('event')}" for e in entries if e.get("level") in {"warning", "error", "critical"}
+        )
+        run = {
             "seed": seed,
             "minutes": args.minutes,
             "started": datetime.fromtimestamp(wall0, UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "fed_seconds": round(fed_at, 1),
             "feed": {
                 "rate_per_s": args.rate,
                 "seeded_rows": seeded,
@@ -483,28 +535,19 @@ def main(argv: list[str] | None = None) -> int:
                 "errors": len(feed.errors),
                 "first_errors": feed.errors[:5],
             },  # fmt: skip
-            "rows_fed": seeded + feed.rows,
-            "kills": sum(len(r.kills) for r in replicas),
-            "restarts": sum(len(r.starts) - 1 for r in replicas),
-            "unexpected_exits": sum(len(r.crashes) for r in replicas),
-            "maintenance_runs": len(maintenance),
-            "maintenance_crashed": sum(1 for e in events if e.get("event") == "maintenance_crashed"),
+            "maintenance_crashed": sum(1 for e in entries if e.get("event") == "maintenance_crashed"),
             "sigterm_exit_codes": stops,
             "once_rc": once.returncode,
             **stats,
-            "replicas": {r.id: summarize_replica(r, samples, half) for r in replicas},
             "loud_log_lines": dict(loud.most_common()),
-            "check": {"tables": checks, **totals},
+            "check": {"tables": checks},
         }
-        summary["ok"] = all(v == 0 for v in totals.values()) and once.returncode == 0
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        plot(samples, replicas, maintenance, args.out / "soak.png")
-        if args.publish:
-            (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
-            shutil.copy(args.out / "soak.png", ROOT / "docs" / "img" / "soak.png")
+        (args.out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+        summary = report(args.out, args.publish)
         status = 0 if summary["ok"] else 1
         if status == 0 and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    totals = {k: summary["check"][k] for k in ("lost", "duplicated", "unexpected", "changed")}
     print(
         json.dumps({k: summary[k] for k in ("rows_fed", "commits", "kills", "restarts", "maintenance_runs")} | totals, indent=2)
     )
