@@ -291,7 +291,8 @@ def summarize_replica(replica: str, samples: list[dict[str, Any]], events: list[
     mine = [s for s in samples if s["replica"] == replica]
     own = [e for e in events if e["replica"] == replica]
     starts = [e for e in own if e["kind"] == "start"]
-    maintenance = [(e["incarnation"], e["t"]) for e in own if e["kind"] == "maintenance"]
+    # a slot breaks at its start: its check loads the embedded engine early in the slot
+    maintenance = [(e["incarnation"], e["t"] - (e.get("seconds") or 0)) for e in own if e["kind"] == "maintenance"]
     out: dict[str, Any] = {
         "incarnations": len(starts),
         "kills": sum(1 for e in own if e["kind"] == "kill"),
