@@ -102,7 +102,7 @@ class App:
         """What one operation on ``table`` needs, wired from this app's adapters."""
         views = self.federation
         return TableJob(
-            table, self.config, lambda: self.engine, self.sink, self.state, clickhouse.local_arrow_rows,
+            table, self.config, lambda: self.engine, self.sink, self.state, clickhouse.arrow_engine,
             observer=observer or Observer(), stop=stop or threading.Event(), clock=clock,
             after_commit=(lambda j, s: views.after_commit(j.table, j.engine, s, j.observer, j.log)) if views.enabled else None,
         )  # fmt: skip
@@ -394,7 +394,7 @@ def write_backfill_slice(config: Config, table_name: str, run_id: str, piece: ba
         engine = clickhouse.connect(config.source)
         job = TableJob(
             config.table(table_name), config, lambda: engine, Sink(config.catalog), StateStore(config.state),
-            clickhouse.local_arrow_rows,
+            clickhouse.arrow_engine,
         )  # fmt: skip
         _worker_windows[key] = Windows(job, run_id, job.log.bind(run_id=run_id, operation="backfill_worker"))
     return backfill.write_slice(_worker_windows[key], run_id, piece)

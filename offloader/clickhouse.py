@@ -4,16 +4,23 @@ Two engines serve the :class:`~offloader.ports.Engine` port: a remote server ove
 through clickhouse-connect (``http(s)://``), and the ClickHouse engine embedded in-process
 through chDB (``chdb://``), whose own ArrowStream API streams with flat memory. This is the
 only module that imports either library; their errors become :class:`SourceError`, or
-:class:`AuthenticationError` for a refused login. :func:`local_arrow_rows` runs a query of
-the embedded engine over an Arrow table (the consistency checksums).
+:class:`AuthenticationError` for a refused login. :func:`arrow_engine` runs queries of the
+embedded engine over Arrow tables (the consistency checksums): in this process when the source
+is the embedded engine, and otherwise in a helper process that ends with the check, so that a
+long-running service with a remote source never holds the embedded engine's memory.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +29,7 @@ import pyarrow as pa
 from offloader.config import SourceConfig
 from offloader.errors import AuthenticationError, ConfigError, OffloaderError, SourceError, first_line, network_reason
 from offloader.faults import fail
-from offloader.ports import Engine
+from offloader.ports import ArrowQuery, Engine
 
 # ClickHouse error codes of a refused login: UNKNOWN_USER, WRONG_PASSWORD, REQUIRED_PASSWORD,
 # AUTHENTICATION_FAILED. Trying again with the same credentials cannot help. (ACCESS_DENIED, 497,
@@ -99,16 +106,96 @@ class ChdbEngine:
 _EMBEDDED_PATH: list[str] = []  # the data directory chDB was started on in this process
 
 
-def local_arrow_rows(sql: str, arrow_input: pa.Table) -> list[tuple[Any, ...]]:
-    """Run ``sql`` on the embedded ClickHouse engine over ``arrow_input`` (``Python(arrow_input)``).
+@contextmanager
+def arrow_engine() -> Iterator[ArrowQuery]:
+    """The embedded engine over Arrow tables, for one check: ``query(sql, arrow_input)``.
 
-    Used to compute on the Iceberg side exactly what the source computes (checksums). chDB
-    runs one embedded server per process, on the data directory it was first opened with.
+    With the embedded engine already in this process (the source is ``chdb://``), queries run
+    here. Otherwise they run in a helper process started now and ended on leaving: the engine
+    takes hundreds of MiB it never gives back, which a daemon must not keep between checks.
     """
     if not embedded_engine_available():
         raise SourceError(
             f"the consistency check needs the embedded ClickHouse engine for Iceberg's checksums: {NO_EMBEDDED_ENGINE}"
         )
+    if _EMBEDDED_PATH:
+        yield local_arrow_rows
+        return
+    helper = _ArrowHelper()
+    try:
+        yield helper.query
+    finally:
+        helper.close()
+
+
+class _ArrowHelper:
+    """A helper process running :func:`local_arrow_rows` for its parent, over a socket pair.
+
+    A plain interpreter (no ``multiprocessing`` start method, so no resource tracker stays
+    behind); it exits when asked, when the socket closes, or with its parent (the socket's
+    end of file).
+    """
+
+    def __init__(self) -> None:
+        mine, theirs = socket.socketpair()
+        code = f"from offloader.clickhouse import serve_arrow; serve_arrow({theirs.fileno()})"
+        try:
+            self._process = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            mine.close()
+            raise SourceError(f"cannot start the checksum process: {first_line(exc)}") from exc
+        finally:
+            theirs.close()
+        self._conn = Connection(mine.detach())
+
+    def query(self, sql: str, arrow_input: pa.Table) -> list[tuple[Any, ...]]:
+        try:
+            self._conn.send((sql, arrow_input))
+            ok, value = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            code = self._process.poll()
+            raise SourceError(f"the checksum process ended (exit code {code}) before answering") from exc
+        if not ok:
+            raise SourceError(value)
+        return value
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self._conn.close()
+        try:
+            self._process.wait(5.0)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(5.0)
+
+
+def serve_arrow(fd: int) -> None:
+    """In the helper process: answer each ``(sql, table)`` on ``fd`` until ``None`` or the end."""
+    conn = Connection(fd)
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if request is None:
+            return
+        try:
+            answer: tuple[bool, Any] = (True, local_arrow_rows(*request))
+        except OffloaderError as exc:
+            answer = (False, str(exc))
+        except Exception as exc:  # noqa: BLE001 - anything else is reported to the parent, not lost
+            answer = (False, f"the checksum process failed: {type(exc).__name__}: {first_line(exc)}")
+        conn.send(answer)
+
+
+def local_arrow_rows(sql: str, arrow_input: pa.Table) -> list[tuple[Any, ...]]:
+    """Run ``sql`` on the embedded ClickHouse engine of this process over ``arrow_input``
+    (``Python(arrow_input)``). chDB runs one embedded server per process, on the data
+    directory it was first opened with.
+    """
     import chdb
 
     paths = _EMBEDDED_PATH[-1:] or [":memory:"]

@@ -26,6 +26,7 @@ import pyarrow as pa
 from offloader.cursor import from_micros, micros
 from offloader.errors import ConfigError, OffloaderError
 from offloader.job import TableJob, finish_action, guarded
+from offloader.ports import ArrowQuery
 from offloader.replacing import unchecked
 from offloader.results import ActionResult
 from offloader.source import Source, quote
@@ -159,23 +160,24 @@ class Check:
         columns = list(dict.fromkeys([self.table.cursor[0], *keys]))
         pending: list[pa.RecordBatch] = []
         size = 0
-        for batch in sink_table.scan_batches(columns, self.table.cursor[0], micros(lo), micros(hi)):
-            self.job.check_stop("the service is stopping; the check was abandoned")
-            pending.append(batch)
-            size += batch.num_rows
-            if size >= BATCH_ROWS:
-                self._add_iceberg(buckets, select, pending)
-                pending, size = [], 0
-        if pending:
-            self._add_iceberg(buckets, select, pending)
+        with self.job.arrow_engine() as query:
+            for batch in sink_table.scan_batches(columns, self.table.cursor[0], micros(lo), micros(hi)):
+                self.job.check_stop("the service is stopping; the check was abandoned")
+                pending.append(batch)
+                size += batch.num_rows
+                if size >= BATCH_ROWS:
+                    self._add_iceberg(buckets, select, query, pending)
+                    pending, size = [], 0
+            if pending:
+                self._add_iceberg(buckets, select, query, pending)
         result.buckets = len(buckets)
         result.differing = [buckets[k] for k in sorted(buckets) if buckets[k].differs]
         result.outcome = "differs" if result.differing else "ok"
         result.detail = f"{len(result.differing)} of {len(buckets)} buckets differ between {lo} and {hi}"
 
-    def _add_iceberg(self, buckets: dict[int, Bucket], select: str, batches: list[pa.RecordBatch]) -> None:
+    def _add_iceberg(self, buckets: dict[int, Bucket], select: str, query: ArrowQuery, batches: list[pa.RecordBatch]) -> None:
         table = pa.Table.from_batches(batches)
-        for index, rows, checksum in self.job.arrow_query(f"SELECT {select} FROM Python(arrow_input) GROUP BY bucket", table):
+        for index, rows, checksum in query(f"SELECT {select} FROM Python(arrow_input) GROUP BY bucket", table):
             entry = buckets.setdefault(int(index), Bucket(from_micros(int(index) * self.bucket_us)))
             entry.iceberg_rows += int(rows)
             entry.iceberg_sum = (entry.iceberg_sum + int(checksum)) & MASK

@@ -19,15 +19,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
 import structlog
 
 from offloader.config import Config, TableConfig
 from offloader.errors import ConfigError, InternalError, LockBusyError, OffloaderError, ShutdownRequested
-from offloader.ports import AuditRecord, Engine, RunRecord, Sink, SinkTable, StateStore
+from offloader.ports import ArrowQuery, AuditRecord, Engine, RunRecord, Sink, SinkTable, StateStore
 from offloader.results import ActionResult, Observer, TableResult
 from offloader.source import Source
 
@@ -41,7 +41,7 @@ class TableJob:
     connect: Callable[[], Engine]  # the source connection, opened on first use: maintenance never needs it
     sink: Sink
     state: StateStore
-    arrow_query: Callable[[str, pa.Table], list[tuple[Any, ...]]]  # the embedded engine over Arrow (checksums)
+    arrow_engine: Callable[[], AbstractContextManager[ArrowQuery]]  # the embedded engine over Arrow (checksums)
     observer: Observer = field(default_factory=Observer)
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.time

@@ -10,7 +10,8 @@ of the marker in a snapshot summary, and one :class:`typing.Protocol` per adapte
 - :class:`StateStore`: the watermark mirror, run history, audit log, runner locks and the
   replica table (``state``);
 - :class:`Workers`: where a backfill's slices are written (``workers``: this process, local
-  processes, or Ray).
+  processes, or Ray);
+- :data:`ArrowQuery`: a query of the embedded engine over an Arrow table (``clickhouse``).
 
 The composition root (``app``) builds the concrete adapters and hands them over as these.
 """
@@ -27,6 +28,9 @@ import pyarrow as pa
 if TYPE_CHECKING:
     from offloader.chtypes import ColumnPlan, TypeOptions
     from offloader.config import TableConfig
+
+# ``query(sql, arrow_input)``: the embedded ClickHouse engine over an Arrow table (checksums).
+ArrowQuery = Callable[[str, pa.Table], list[tuple[Any, ...]]]
 
 # The keys of the offload marker in a snapshot summary.
 CURSOR_KEY = "offloader.cursor"

@@ -247,6 +247,47 @@ def test_the_service_over_http_is_exact_and_keeps_pandas_out_of_memory(ws: Works
     assert endpoint.stop() == 0
 
 
+def _children(pid: int) -> list[str]:
+    """The command lines of ``pid``'s child processes."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                out.append(Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except FileNotFoundError:
+                pass
+    return out
+
+
+def test_the_service_checks_a_remote_source_without_keeping_the_embedded_engine(ws: Workspace, endpoint: Endpoint) -> None:
+    """The daily check of a service with a remote source sums the Iceberg side in a helper process
+    that ends with the check: the service never maps chDB, and no helper is left behind."""
+    seed(ws, 20_000)
+    service_ws(ws, interval="1s")
+    ws.schedule["maintenance_cron"] = "* * * * *"  # a maintenance slot (and its check) every minute
+    endpoint.start()
+    with daemon(ws) as proc:
+        wait_for(lambda: iceberg_rows(ws, "cold.trades") == 20_000, what="rows offloaded by the service")
+        from offloader.state import StateStore
+
+        state = StateStore(ws.config().state)
+
+        def checked() -> bool:
+            return any(a.outcome == "ok" for a in state.audits("trades", "check"))
+
+        wait_for(checked, timeout=150, what="the service's consistency check of trades")
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "/chdb/" not in maps, "the service loaded the embedded engine into its own process"
+        assert not [c for c in _children(proc.pid) if "serve_arrow" not in c], "the service started other processes"
+        wait_for(lambda: not any("serve_arrow" in c for c in _children(proc.pid)), what="the checksum process to end")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    (check,) = [a for a in state.audits("trades", "check") if a.outcome == "ok"][:1]
+    assert "0 of " in (check.detail or ""), f"the check found differences: {check.detail}"
+    assert_exact(ws, source=endpoint.rows, rows=20_000)
+    assert endpoint.stop() == 0
+
+
 # -- replicas ---------------------------------------------------------------------------------
 
 REPLICA_IDS = ("replica-0", "replica-1", "replica-2")
