@@ -12,12 +12,12 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from offloader import log
 from offloader.errors import EXIT_FAILED, EXIT_OK, ConfigError, UsageError
 from offloader.results import TableResult
+from offloader.text import columns
 
 
 def report(results: list[TableResult]) -> int:
@@ -49,13 +49,6 @@ def fmt_lag(seconds: float | None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
-
-
-def columns(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print ``rows`` under ``header`` in aligned columns."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
 def _when(epoch: float) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 from offloader.errors import EXIT_FAILED, EXIT_OK, UsageError
 from offloader.rollback import Rollback
+from offloader.text import columns
 
 
 def add_parser(sub: Any) -> None:
@@ -72,8 +73,6 @@ def _list(operation: Rollback, table: str) -> int:
         for i, e in enumerate(entries)
     ]
     header = ("snapshot", "committed", "operation", "rows", "cursor", "")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:  # aligned as cli_report.columns does (a module of the same layer)
-        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    columns(header, rows)
     print(f"`offloader rollback --table {table} --to SNAPSHOT_ID` makes one of them current again; '-': no offloader cursor")
     return EXIT_OK
