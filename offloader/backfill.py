@@ -40,7 +40,7 @@ from typing import Any
 from offloader import footprint
 from offloader.cursor import Cursor, Window, format_time, time_key
 from offloader.errors import CommitConflictError, ConfigError, SchemaError, WindowMismatchError
-from offloader.job import TableJob, guarded, record_run
+from offloader.job import TableJob, begin_run, guarded, record_run
 from offloader.ports import RunRecord, Workers, WrittenFiles
 from offloader.replacing import refuse
 from offloader.results import TableResult
@@ -125,7 +125,7 @@ class Backfill:
         record = RunRecord(run_id=run_id, table_name=self.job.table.name, started_at=started, replica=self.job.config.replica.id)
 
         def body() -> None:
-            self.job.state.record_run(record)
+            begin_run(self.job, record, log)
             self._run_locked(result, record, log, start, end)
 
         try:

@@ -154,6 +154,15 @@ def finish_action(job: TableJob, result: ActionResult, started: float, log: Any,
     (log.error if result.outcome == "failed" else log.info)(event, **fields)
 
 
+def begin_run(job: TableJob, record: RunRecord, log: Any) -> None:
+    """Under the table's runner lock: the run enters the history as ``running``, and any other
+    run of the table still shown running is marked ``abandoned`` (no run of it can be alive)."""
+    abandoned = job.state.abandon_runs(job.table.name, record.run_id, job.clock())
+    if abandoned:
+        log.warning("runs_abandoned", count=abandoned, reason="their process ended before they finished")
+    job.state.record_run(record)
+
+
 def record_run(job: TableJob, record: RunRecord, result: TableResult, log: Any) -> None:
     """Write how a run ended into the run history; a failing state store is logged, never raised."""
     record.finished_at = job.clock()

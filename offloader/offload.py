@@ -29,7 +29,7 @@ from typing import Any
 from offloader import corrections, replicas
 from offloader.cursor import Cursor, Window, format_time, parse_time, time_key
 from offloader.errors import CommitConflictError
-from offloader.job import Outcome, TableJob, guarded, record_run
+from offloader.job import Outcome, TableJob, begin_run, guarded, record_run
 from offloader.ports import FROZEN_KEY, RunRecord
 from offloader.results import TableResult
 from offloader.window import Windows
@@ -53,7 +53,7 @@ class Offload:
         record = RunRecord(run_id=run_id, table_name=self.job.table.name, started_at=started, replica=self.job.config.replica.id)
 
         def body() -> None:
-            self.job.state.record_run(record)
+            begin_run(self.job, record, log)
             log.info("table_started", mode=self.job.table.mode)
             self._run_locked(result, record, log)
 

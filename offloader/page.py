@@ -20,7 +20,7 @@ from html import escape
 from typing import Any
 
 REFRESH_SECONDS = 10
-OUTCOMES = ("committed", "nothing_new", "failed", "skipped", "stopped", "running")
+OUTCOMES = ("committed", "nothing_new", "failed", "skipped", "stopped", "running", "abandoned")
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }

@@ -192,6 +192,23 @@ class StateStore:
             if not updated:
                 conn.execute(text(f"INSERT INTO offloader_runs ({cols}) VALUES ({', '.join(':' + c for c in values)})"), values)
 
+    def abandon_runs(self, table: str, by: str, at: float) -> int:
+        """Mark the table's runs still ``running`` as ``abandoned``: called under its runner lock by
+        run ``by``, so no other run of it is alive; their process ended before they finished."""
+        from sqlalchemy import text
+
+        why = f"its process ended before the run finished (found by run {by})"
+        with self._connection("mark abandoned runs") as conn:
+            return int(
+                conn.execute(
+                    text(
+                        "UPDATE offloader_runs SET outcome = 'abandoned', finished_at = :at, error_class = 'Abandoned',"
+                        " error_message = :why WHERE table_name = :t AND outcome = 'running' AND run_id <> :by"
+                    ),
+                    {"t": table, "by": by, "at": at, "why": why},
+                ).rowcount
+            )
+
     def runs(self, table: str | None = None, limit: int = 20, outcome: str | None = None) -> list[RunRecord]:
         from sqlalchemy import text
 

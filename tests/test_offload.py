@@ -134,6 +134,11 @@ def test_sigkill_at_each_point_then_rerun_is_exact(ws: Workspace, point: str) ->
     again = ws.run_once()
     assert again.returncode == 0 and "nothing new" in again.stdout
     assert_exact(ws)
+    from offloader.state import StateStore
+
+    history = StateStore(ws.config().state).runs("trades")
+    assert [r.outcome for r in history] == ["nothing_new", "committed", "abandoned"], "the killed run stays marked running"
+    assert history[2].error_message is not None and f"found by run {history[1].run_id}" in history[2].error_message
 
 
 def test_two_runners_together_take_each_row_once(ws: Workspace) -> None:

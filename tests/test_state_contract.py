@@ -277,6 +277,21 @@ def test_runs_newest_first_filtered_by_table_and_limited(store: StateStore) -> N
     assert store.runs(limit=0) == []
 
 
+def test_abandon_marks_only_the_tables_other_running_runs(store: StateStore) -> None:
+    """abandon_runs(table, by) marks that table's other ``running`` runs abandoned, says how many,
+    and leaves finished runs, other tables' runs and the run ``by`` itself as they were."""
+    store.record_run(run("dead", "trades", T0))
+    store.record_run(run("done", "trades", T0 + 1, outcome="committed"))
+    store.record_run(run("other", "bars", T0 + 2))
+    store.record_run(run("me", "trades", T0 + 3))
+    assert store.abandon_runs("trades", "me", T0 + 4) == 1
+    got = {r.run_id: r for r in store.runs()}
+    assert got["dead"].outcome == "abandoned" and got["dead"].finished_at == T0 + 4
+    assert got["dead"].error_message is not None and "found by run me" in got["dead"].error_message
+    assert (got["done"].outcome, got["other"].outcome, got["me"].outcome) == ("committed", "running", "running")
+    assert store.abandon_runs("trades", "me", T0 + 5) == 0
+
+
 def test_last_runs_gives_the_newest_run_of_every_table(store: StateStore) -> None:
     """last_runs() maps each table to its newest run, whatever order the runs were recorded in."""
     store.record_run(run("t-new", "trades", T0 + 10, outcome="committed"))
