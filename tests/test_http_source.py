@@ -418,9 +418,12 @@ def test_three_replicas_killed_and_restarted_at_random_stay_exact_and_share_the_
     for table in CHAOS_TABLES:
         mine = [r for r in runs if r.table_name == table]
         assert any(r.outcome == "committed" and r.rows_written > 0 for r in mine), f"{table} never progressed"
-        by_owner = sum(r.replica == owners[table] for r in mine)
-        assert by_owner > len(mine) / 2, (
-            f"{table}: {by_owner} of {len(mine)} runs by its owner {owners[table]} (seed {seed_value})"
+        # The owner runs it whenever it is alive; the others only while it is down (killed, its
+        # heartbeat not yet stale), so the owner made more of its runs than any other replica.
+        per_replica = Counter(r.replica for r in mine)
+        by_owner = per_replica.pop(owners[table], 0)
+        assert by_owner >= max(per_replica.values(), default=0), (
+            f"{table}: {by_owner} of {len(mine)} runs by its owner {owners[table]}, others {dict(per_replica)} (seed {seed_value})"
         )
 
     entries = _log_entries(logs)
