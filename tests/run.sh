@@ -41,4 +41,6 @@ fi
 .venv/bin/python -c 'import offloader, chdb, pyiceberg, psycopg2' 
 
 export OFFLOADER_REQUIRE_PG=1
-exec .venv/bin/python -m pytest "$@"
+# Two pytest-xdist workers by default, a test file each (module fixtures and a file's own
+# servers stay in one process); OFFLOADER_TEST_WORKERS=0 runs everything in this process.
+exec .venv/bin/python -m pytest -n "${OFFLOADER_TEST_WORKERS:-2}" --dist loadfile "$@"
