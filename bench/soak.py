@@ -22,7 +22,7 @@ changed (the same bar with other values). A table's key is its cursor (the time 
 its tie columns, unique in the demo's bronze and silver tables); a replace-mode bar adds the
 view's grouping columns (exchange, symbol). Any nonzero count exits 1.
 
-Usage: python bench/soak.py [--minutes 60] [--seed N] [--rate 300] [--maintenance-every 10]
+Usage: python bench/soak.py [--minutes 60] [--seed N] [--rate 300] [--maintenance-every 10] [--retain 7d]
        [--kill-every 1 4] [--out bench/out/soak] [--publish]
 """
 
@@ -393,6 +393,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="minutes between kills of one replica, uniform in [MIN, MAX]")  # fmt: skip
     parser.add_argument("--restart-after", type=float, nargs=2, default=(1.0, 10.0), metavar=("MIN", "MAX"),
                         help="seconds from a kill to the restart, uniform in [MIN, MAX]")  # fmt: skip
+    parser.add_argument("--retain", default=None, help="[maintenance] retain, e.g. 5m: the history a table keeps (default 7d)")
     parser.add_argument("--sample-every", type=float, default=10.0, help="seconds between /proc samples")
     parser.add_argument("--settle", type=float, default=SAFETY_LAG_S + 3 * INTERVAL_S,
                         help="seconds the replicas get to catch up after the feed stops, before `offloader once`")  # fmt: skip
@@ -432,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         ws.source = {"safety_lag": f"{SAFETY_LAG_S}s", "max_window": "1h"}
         ws.schedule = {"interval": f"{INTERVAL_S}s", "maintenance_cron": f"*/{args.maintenance_every} * * * *",
                        "shutdown_timeout": "60s"}  # fmt: skip
+        if args.retain:  # snapshots kept: the default 7 days, or less so a short run reaches its steady history
+            ws.maintenance["retain"] = args.retain
         demo.ensure_schema(ws.engine)
         seeded = demo_feed.seed(ws.engine, args.seed_rows, hours=1.0, seed=seed) if args.seed_rows else 0
         ws.release()
