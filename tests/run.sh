@@ -41,6 +41,6 @@ fi
 .venv/bin/python -c 'import offloader, chdb, pyiceberg, psycopg2' 
 
 export OFFLOADER_REQUIRE_PG=1
-# Two pytest-xdist workers by default, a test file each (module fixtures and a file's own
-# servers stay in one process); OFFLOADER_TEST_WORKERS=0 runs everything in this process.
-exec .venv/bin/python -m pytest -n "${OFFLOADER_TEST_WORKERS:-2}" --dist loadfile "$@"
+# One process by default; OFFLOADER_TEST_WORKERS=2 runs two pytest-xdist workers, a test file
+# each (module fixtures and a file's own servers stay in one process).
+exec .venv/bin/python -m pytest -n "${OFFLOADER_TEST_WORKERS:-0}" --dist loadfile "$@"
