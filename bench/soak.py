@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -175,6 +176,16 @@ class Replica:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def wait_serving(self, timeout: float = 120) -> None:
+        """Until its /healthz answers (or it exited): a stop sent then tests the running service, not the interpreter's start."""
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.25)
 
 
 # -- the soak ---------------------------------------------------------------------------------
@@ -491,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             for rep in replicas:
                 if rep.proc is None:
                     rep.start(ws, time.monotonic() - t0)
+            for rep in replicas:
+                rep.wait_serving()
             stops = {}
             for rep in replicas:
                 assert rep.proc is not None

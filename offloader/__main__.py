@@ -1,5 +1,14 @@
-"""``python -m offloader``: the same entry point as the ``offloader`` console script."""
+"""The entry point of ``offloader`` and ``python -m offloader``: stops are held before the first heavy import."""
 
-from offloader.cli import entrypoint
+from offloader import stops
 
-entrypoint()
+
+def main() -> None:
+    stops.hold()
+    from offloader.cli import entrypoint
+
+    entrypoint()
+
+
+if __name__ == "__main__":
+    main()

@@ -26,8 +26,10 @@ from offloader import (
     cli_report,
     cli_rollback,
     cli_snapshots,
+    faults,
     footprint,
     log,
+    stops,
 )
 from offloader.config import Config, TableConfig
 from offloader.config_loader import load_config
@@ -163,8 +165,15 @@ def _everywhere(parser: argparse.ArgumentParser, top: bool = False, name: str = 
                 _everywhere(child, name=child_name if top else name)
 
 
+# Commands that take SIGTERM/SIGINT over (stop at a window's edge, or shut the service down);
+# the others get Python's defaults back before they start.
+_STOPPABLE = frozenset({"once", "backfill", "run", "maintain", "check", "demo run"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if " ".join(filter(None, (args.command, getattr(args, "demo_command", None)))) not in _STOPPABLE:
+        stops.release()
     try:
         from offloader.demo import embedded_default
 
@@ -247,8 +256,6 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
 
 def _stop_on_signals() -> threading.Event:
     """SIGINT/SIGTERM during `once`: the table in flight abandons its window before the commit."""
-    import signal
-
     stop = threading.Event()
 
     def handler(signum: int, _frame: Any) -> None:
@@ -257,8 +264,7 @@ def _stop_on_signals() -> threading.Event:
         print("offloader: stopping; the window in flight is abandoned before its commit", file=sys.stderr)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
+    stops.take_over(handler)
     return stop
 
 
@@ -268,6 +274,7 @@ def _serve(app: Any, before_wait: Any = None) -> int:
     from offloader.service import Service
 
     service = Service(app)
+    faults.checkpoint("starting")
     service.install_signal_handlers()
     server = None
     if app.config.server.enabled:

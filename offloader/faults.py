@@ -9,7 +9,8 @@ written, after the catalog took the commit but before its landed record was writ
 federated view follows it (``after_rollback``). Unset, a checkpoint costs two dictionary lookups.
 
 ``OFFLOADER_SLOW_AT=<point>:<seconds>`` makes the process sleep that long each time it reaches
-that point, so that a test can signal a run while windows are certainly still left.
+that point, so that a test can signal a run while windows are certainly still left, or the
+service while it is still ``starting`` (set up, its stop handler not yet installed).
 
 ``OFFLOADER_LOSE_COMMIT_REPLY=before|after`` makes the commit's reply go missing, as when the
 catalog connection dies mid-commit: ``before`` the commit is sent (it never lands), or ``after``

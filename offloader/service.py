@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from offloader import footprint, replicas, scheduler
+from offloader import footprint, replicas, scheduler, stops
 from offloader.app import App
 from offloader.config import TableConfig
 from offloader.cursor import format_time
@@ -227,8 +227,8 @@ class Service:
     # -- lifetime ----------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+        """SIGTERM and SIGINT stop the service, one that came while it was starting too."""
+        stops.take_over(self._on_signal)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.log.info("shutdown_requested", signal=signal.Signals(signum).name)

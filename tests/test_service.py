@@ -116,6 +116,33 @@ def test_sigterm_during_a_cycle_exits_cleanly_and_the_next_start_resumes_exactly
     assert_exact(ws)
 
 
+def sigterm_caught(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (its SigCgt mask in /proc)."""
+    for line in open(f"/proc/{pid}/status").read().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
+def test_sigterm_while_the_service_is_still_starting_stops_it_cleanly(ws: Workspace) -> None:
+    """The process catches SIGTERM from its first moment: one sent during start-up (held 8 s at the
+    ``starting`` point, before the service installs its handler) ends it with exit 0 and no cycle run."""
+    service_ws(ws)
+    ws.tables = [trades_table()]
+    ws.create_trades()
+    ws.insert_trades(100, start="2026-01-01 00:00:00")
+    with daemon(ws, env={"OFFLOADER_SLOW_AT": "starting:8"}) as proc:
+        deadline = time.monotonic() + 3
+        while not (caught := sigterm_caught(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)  # whether caught or not: the process is certainly still starting
+        out, _ = proc.communicate(timeout=60)
+    assert caught, "the process did not catch SIGTERM within 3 s of its start"
+    assert proc.returncode == 0, out[-2000:]
+    assert '"event": "shutdown_requested"' in out and '"event": "service_stopped"' in out
+    assert '"event": "table_committed"' not in out and iceberg_rows(ws, "cold.trades") == 0, "no cycle ran after the stop"
+
+
 def test_healthz_turns_503_when_the_scheduler_is_wedged_or_stopped(ws: Workspace) -> None:
     """/healthz answers 200 while the scheduler ticks, 503 once it stops ticking (paused) and when it is shut down."""
     from offloader.server import serve
