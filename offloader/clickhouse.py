@@ -13,6 +13,7 @@ long-running service with a remote source never holds the embedded engine's memo
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
+from offloader import stops
 from offloader.config import SourceConfig
 from offloader.errors import AuthenticationError, ConfigError, OffloaderError, SourceError, first_line, network_reason
 from offloader.faults import fail
@@ -173,7 +175,9 @@ class _ArrowHelper:
 
 
 def serve_arrow(fd: int) -> None:
-    """In the helper process: answer each ``(sql, table)`` on ``fd`` until ``None`` or the end."""
+    """In the helper process: answer each ``(sql, table)`` on ``fd`` until ``None`` or the end;
+    killed with its parent, even in the middle of a query."""
+    stops.die_with_parent(os.getppid())
     conn = Connection(fd)
     while True:
         try:

@@ -1,4 +1,5 @@
-"""Stop requests (SIGTERM, SIGINT) from the process's first moment until a command takes them over.
+"""How a process stops: SIGTERM and SIGINT from its first moment until a command takes them
+over, and a child process's end when its parent dies.
 
 The service and the writing commands install their own handlers only after their imports and
 set-up, a second or more. A stop sent in that window, say by an orchestrator that starts a
@@ -11,7 +12,10 @@ was kept to it.
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,3 +60,21 @@ def release() -> None:
     kept, _held[:] = list(_held), []
     for signum in kept:
         signal.raise_signal(signum)
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child process: exit when ``parent`` dies. A SIGKILLed parent must not leave its children
+    behind, waiting on its pipes forever and holding them open."""
+    try:  # Linux: the kernel sends SIGKILL when the parent goes
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:  # elsewhere, and if the parent went before prctl: poll for it
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="offloader-parent-watch", daemon=True).start()

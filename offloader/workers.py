@@ -24,14 +24,12 @@ import functools
 import logging
 import multiprocessing
 import os
-import signal
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from offloader import stops
 from offloader.errors import ConfigError, OffloaderError, WorkerError, first_line
 
 ATTEMPTS = 3  # tries of one slice when its worker is lost
@@ -42,24 +40,6 @@ def _failure(key: int, exc: BaseException) -> OffloaderError:
     if isinstance(exc, OffloaderError):
         return exc
     return WorkerError(f"slice {key}: its worker failed: {type(exc).__name__}: {first_line(exc)}")
-
-
-def _die_with_parent(parent: int) -> None:
-    """In a worker process: exit when the driver dies (a SIGKILLed driver must not leave its
-    workers behind; they would wait on its queue forever, holding its output pipes)."""
-    try:  # Linux: the kernel sends SIGKILL when the parent goes
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-    def watch() -> None:  # elsewhere, and if the parent went before prctl: poll for it
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="offloader-parent-watch", daemon=True).start()
 
 
 class InProcess:
@@ -97,7 +77,7 @@ class Processes:
 
     def _new(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(self.size, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),))
+        return ProcessPoolExecutor(self.size, mp_context=context, initializer=stops.die_with_parent, initargs=(os.getpid(),))
 
     def submit(self, key: int, task: Callable[..., Any], *args: Any) -> None:
         self._tries[key] = self._tries.get(key, 0) + 1

@@ -51,3 +51,36 @@ def test_release_without_hold_leaves_the_handlers_alone() -> None:
     signal.signal(signal.SIGTERM, mine)
     stops.release()
     assert signal.getsignal(signal.SIGTERM) is mine
+
+
+def test_a_child_dies_with_its_parent_even_while_busy() -> None:
+    """A child that called die_with_parent and is busy (not reading its pipe, as in a long query)
+    is gone within seconds of its parent's SIGKILL; it would otherwise sleep for ten minutes."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    child = "from offloader import stops; import os, time; stops.die_with_parent(os.getppid()); print('ready', flush=True); time.sleep(600)"
+    parent = (
+        "import subprocess, sys; "
+        f"c = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE, text=True); "
+        "print(c.pid, flush=True); print(c.stdout.readline().strip(), flush=True); c.wait()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    child_pid = int(proc.stdout.readline())
+    assert proc.stdout.readline().strip() == "ready"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            return
+        if open(f"/proc/{child_pid}/stat").read().split(") ")[1].startswith("Z"):
+            return  # dead, awaiting its reaper
+        time.sleep(0.05)
+    os.kill(child_pid, signal.SIGKILL)
+    raise AssertionError("the child outlived its parent by 10 s")
