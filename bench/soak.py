@@ -39,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -178,14 +177,17 @@ class Replica:
         return self.proc is not None and self.proc.poll() is None
 
     def wait_serving(self, timeout: float = 120) -> None:
-        """Until its /healthz answers (or it exited): a stop sent then tests the running service, not the interpreter's start."""
+        """Until its /healthz answers 200 (or it exited): a stop sent then tests the running service, not the interpreter's start."""
+        from helpers import http_get
+
         deadline = time.monotonic() + timeout
         while self.alive() and time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2):
+                if http_get(self.port, "/healthz")[0] == 200:
                     return
-            except OSError:
-                time.sleep(0.25)
+            except OSError:  # not listening yet
+                pass
+            time.sleep(0.25)
 
 
 # -- the soak ---------------------------------------------------------------------------------

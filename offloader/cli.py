@@ -172,13 +172,14 @@ _STOPPABLE = frozenset({"once", "backfill", "run", "maintain", "check", "demo ru
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if " ".join(filter(None, (args.command, getattr(args, "demo_command", None)))) not in _STOPPABLE:
+    command = " ".join(filter(None, (args.command, getattr(args, "demo_command", None))))
+    if command not in _STOPPABLE:
         stops.release()
     try:
         from offloader.demo import embedded_default
 
         config = load_config(args.config, default=embedded_default)
-        service = args.command == "run" or (args.command == "demo" and args.demo_command == "run")
+        service = command in {"run", "demo run"}
         quiet = not service and sys.stderr.isatty()  # a person at a terminal: the result lines, warnings and errors
         level = args.log_level or ("warning" if quiet else config.logging.level)
         log.configure(level, config.logging.format, sys.stdout if service else sys.stderr, args.debug)

@@ -23,7 +23,6 @@ Handler = Callable[[int, Any], None]
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _held: list[int] = []
-_holding = False
 
 
 def _keep(signum: int, _frame: Any) -> None:
@@ -32,33 +31,32 @@ def _keep(signum: int, _frame: Any) -> None:
 
 def hold() -> None:
     """Keep SIGTERM and SIGINT until a command takes them over or releases them."""
-    global _holding
-    _holding = True
     for sig in _SIGNALS:
         signal.signal(sig, _keep)
 
 
+def _kept() -> list[int]:
+    """The signals kept so far, forgotten here (the caller delivers them)."""
+    kept, _held[:] = list(_held), []
+    return kept
+
+
 def take_over(handler: Handler) -> None:
     """Install ``handler`` for SIGTERM and SIGINT, then call it with each signal kept so far."""
-    global _holding
     for sig in _SIGNALS:
         signal.signal(sig, handler)
-    _holding = False
-    kept, _held[:] = list(_held), []
-    for signum in kept:
+    for signum in _kept():
         handler(signum, None)
 
 
 def release() -> None:
-    """Back to Python's defaults (SIGTERM ends the process, SIGINT raises KeyboardInterrupt); a kept signal acts now."""
-    global _holding
-    if not _holding:
+    """Back to Python's defaults (SIGTERM ends the process, SIGINT raises KeyboardInterrupt); a kept signal acts now.
+    Without :func:`hold` (``main`` called in-process), the handlers are left as they are."""
+    if signal.getsignal(signal.SIGTERM) is not _keep:
         return
-    _holding = False
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    kept, _held[:] = list(_held), []
-    for signum in kept:
+    for signum in _kept():
         signal.raise_signal(signum)
 
 

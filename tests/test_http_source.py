@@ -318,12 +318,12 @@ def _feed(endpoint: Endpoint, stop: threading.Event, rng: random.Random, fed: di
             fed[table] += n
 
 
-def _log_entries(folder: Path) -> list[dict[str, Any]]:
-    """Every JSON log line every incarnation of every replica wrote."""
-    out = []
-    for path in sorted(folder.glob("*.log")):
-        out += [json.loads(ln) for ln in path.read_text().splitlines() if ln.startswith("{")]
-    return out
+def _log_entries(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """The JSON log lines each incarnation of each replica wrote, by log file name (``<replica>.<n>.log``)."""
+    return {
+        path.name: [json.loads(ln) for ln in path.read_text().splitlines() if ln.startswith("{")]
+        for path in sorted(folder.glob("*.log"))
+    }
 
 
 @pytest.mark.slow
@@ -425,11 +425,11 @@ def test_three_replicas_killed_and_restarted_at_random_stay_exact_and_share_the_
     # while the owner is down (killed, or still starting). So count the runs started while the
     # owner was serving: from its service_started (plus a lease and a cycle, for a run already in
     # flight elsewhere) to its kill. Under load a replica can be killed before it ever serves.
+    by_file = _log_entries(logs)
     serving: dict[str, list[tuple[float, float]]] = {r: [] for r in REPLICA_IDS}
     for replica in REPLICA_IDS:
         for n in range(1, starts[replica] + 1):
-            lines = [json.loads(ln) for ln in (logs / f"{replica}.{n}.log").read_text().splitlines() if ln.startswith("{")]
-            up = next((e["timestamp"] for e in lines if e["event"] == "service_started"), None)
+            up = next((e["timestamp"] for e in by_file[f"{replica}.{n}.log"] if e["event"] == "service_started"), None)
             if up is not None:
                 since = datetime.fromisoformat(up.replace("Z", "+00:00")).timestamp() + 2.5 + 3.0
                 serving[replica].append((since, ended.get((replica, n), float("inf"))))
@@ -447,7 +447,7 @@ def test_three_replicas_killed_and_restarted_at_random_stay_exact_and_share_the_
         shared += len(while_up) >= 3
     assert shared >= 2, f"too few runs while the owners served to see the sharing: {serving} (seed {seed_value})"
 
-    entries = _log_entries(logs)
+    entries = [e for lines in by_file.values() for e in lines]
     assert entries and all(e.get("replica") in REPLICA_IDS for e in entries)
     loud = [e for e in entries if e.get("level") in {"warning", "error", "critical"}]
     about_locks = [e for e in loud if "lock" in json.dumps(e).lower()]
