@@ -97,7 +97,8 @@ def test_sigterm_during_a_cycle_exits_cleanly_and_the_next_start_resumes_exactly
     ws.tables = [trades_table()]
     ws.create_trades()
     ws.insert_trades(60_000, start="2026-01-01 00:00:00", step_us=20_000)  # 20 minutes: 20 windows
-    with daemon(ws) as proc:
+    # 0.5 s after each commit: on an idle machine the 20 windows otherwise land before the signal
+    with daemon(ws, env={"OFFLOADER_SLOW_AT": "after_commit:0.5"}) as proc:
         wait_for(lambda: iceberg_rows(ws, "cold.trades") > 0, what="first window")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)  # shutdown_timeout is 30 s
